@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rnnserve/v1/models.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.rnnserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\x12\n\nparameters\x18\n \x01(\x04\x12\x34\n\x07metrics\x18\x0b \x03(\x0b\x32#.rnnserve.v1.ModelInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\x9f\x01\n\x0cModelService\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x16.rnnserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rnnserve/v1/models.proto\x12\x0brnnserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.rnnserve.v1.ModelInfo\"\xb7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.rnnserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x12\n\nis_default\x18\x07 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\r\x12\x12\n\nparameters\x18\n \x01(\x04\x12\x34\n\x07metrics\x18\x0b \x03(\x0b\x32#.rnnserve.v1.ModelInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xa6\x01\n\x0cModelService\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.rnnserve.v1.GetModelRequest\x1a\x1d.rnnserve.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSTATE']._serialized_start=471
-  _globals['_MODELSTATE']._serialized_end=584
+  _globals['_MODELSTATE']._serialized_start=530
+  _globals['_MODELSTATE']._serialized_end=643
   _globals['_LISTMODELSREQUEST']._serialized_start=41
   _globals['_LISTMODELSREQUEST']._serialized_end=60
   _globals['_LISTMODELSRESPONSE']._serialized_start=62
   _globals['_LISTMODELSRESPONSE']._serialized_end=122
   _globals['_GETMODELREQUEST']._serialized_start=124
   _globals['_GETMODELREQUEST']._serialized_end=155
-  _globals['_MODELINFO']._serialized_start=158
-  _globals['_MODELINFO']._serialized_end=469
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=423
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=469
-  _globals['_MODELSERVICE']._serialized_start=587
-  _globals['_MODELSERVICE']._serialized_end=746
+  _globals['_GETMODELRESPONSE']._serialized_start=157
+  _globals['_GETMODELRESPONSE']._serialized_end=214
+  _globals['_MODELINFO']._serialized_start=217
+  _globals['_MODELINFO']._serialized_end=528
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=482
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=528
+  _globals['_MODELSERVICE']._serialized_start=646
+  _globals['_MODELSERVICE']._serialized_end=812
 # @@protoc_insertion_point(module_scope)

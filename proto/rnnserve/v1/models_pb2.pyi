@@ -34,6 +34,12 @@ class GetModelRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "kind", "state", "error", "device", "is_default", "architecture", "vocab_size", "parameters", "metrics")
     class MetricsEntry(_message.Message):

@@ -43,7 +43,7 @@ class ModelServiceStub:
         self.GetModel = channel.unary_unary(
                 '/rnnserve.v1.ModelService/GetModel',
                 request_serializer=rnnserve_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=rnnserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
+                response_deserializer=rnnserve_dot_v1_dot_models__pb2.GetModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -74,7 +74,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=rnnserve_dot_v1_dot_models__pb2.GetModelRequest.FromString,
-                    response_serializer=rnnserve_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
+                    response_serializer=rnnserve_dot_v1_dot_models__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,7 +131,7 @@ class ModelService:
             target,
             '/rnnserve.v1.ModelService/GetModel',
             rnnserve_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
-            rnnserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            rnnserve_dot_v1_dot_models__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,92 @@
+"""The server's domain errors: one tree, mapped to gRPC status codes in one table (rpc/status.py).
+
+    RnnserveError
+    ├── InvalidArgumentError        a request field is wrong (names the field)
+    ├── NotFoundError
+    │   ├── ModelNotFoundError
+    │   └── SessionNotFoundError    unknown, expired or evicted (the message says which)
+    ├── SessionBusyError            the session is serving another request
+    ├── ResourceExhaustedError      an admission limit is reached
+    ├── ModelNotReadyError          the model is loading or failed to load
+    └── CancelledError              the client went away or the deadline passed
+
+Nothing outside this tree reaches a client with its message: any other exception becomes INTERNAL
+with a generic message and a request id, and its traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RnnserveError(Exception):
+    """Base of every error the server reports to a client on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(RnnserveError):
+    """A request field is out of range or malformed."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFoundError(RnnserveError):
+    """Something the request names does not exist."""
+
+
+class ModelNotFoundError(NotFoundError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        hint = ", ".join(sorted(known)) or "none loaded"
+        super().__init__(f"model: no model named {name!r} (available: {hint})")
+        self.name = name
+
+
+class SessionGoneReason(StrEnum):
+    """Why a session id no longer resolves."""
+
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    EVICTED = "evicted"
+    ENDED = "ended"
+    UNLOADED = "unloaded"
+
+
+_REASON_TEXT = {
+    SessionGoneReason.UNKNOWN: "is unknown to this server (never issued, or the server restarted)",
+    SessionGoneReason.EXPIRED: "expired after being idle longer than the session TTL",
+    SessionGoneReason.EVICTED: "was evicted (least recently used) to stay under the session cap",
+    SessionGoneReason.ENDED: "was ended by EndSession",
+    SessionGoneReason.UNLOADED: "belongs to a model version that is no longer loaded",
+}
+
+
+class SessionNotFoundError(NotFoundError):
+    def __init__(self, session_id: str, reason: SessionGoneReason) -> None:
+        super().__init__(f"session_id: session {session_id!r} {_REASON_TEXT[reason]}")
+        self.reason = reason
+
+
+class SessionBusyError(RnnserveError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session_id: session {session_id!r} is busy with another request; retry when it ends"
+        )
+
+
+class ResourceExhaustedError(RnnserveError):
+    """An admission limit is reached; the client may retry later."""
+
+
+class ModelNotReadyError(RnnserveError):
+    def __init__(self, name: str, state: str, detail: str = "") -> None:
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"model {name!r} is not ready ({state}){extra}")
+
+
+class CancelledError(RnnserveError):
+    """The request was cancelled by its client or its deadline."""

@@ -1,0 +1,119 @@
+"""Server settings: one typed object, read once at the entry point and passed down.
+
+Precedence (highest first): command-line flags, ``RNNSERVE_*`` environment variables, the optional
+settings file (``--config`` / ``RNNSERVE_CONFIG``, JSON or TOML), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server can be told. Each field is also ``RNNSERVE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", extra="forbid", frozen=True)
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics HTTP server binds.")
+    metrics_port: int = Field(
+        8000, ge=-1, le=65535, description="Prometheus /metrics port (0 picks a free port, -1 off)."
+    )
+    max_message_bytes: int = Field(
+        4 * 2**20, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    grace_period_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight calls may run before being cut."
+    )
+
+    # --- models --------------------------------------------------------------------------------
+    model_repository: Path = Field(
+        Path("model_repository"), description="Folder of <name>/<version>/{config.json,model.pt}."
+    )
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.")
+    default_generation_model: str = Field(
+        "", description="Model used when a Generate request names none ('' = first charlm by name)."
+    )
+    default_classifier: str = Field(
+        "", description="Model used when a Classify request names none ('' = first classifier)."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+
+    # --- generation ----------------------------------------------------------------------------
+    default_max_tokens: int = Field(100, ge=1, description="max_tokens used when a request sends 0.")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask.")
+    max_prefix_chars: int = Field(
+        16384, ge=1, description="Longest prefix (characters) a request may send."
+    )
+    max_stop_strings: int = Field(8, ge=0, description="Most stop strings per request.")
+    max_stop_chars: int = Field(64, ge=1, description="Longest stop string (characters).")
+    max_batch_size: int = Field(
+        64, ge=1, description="Most sequences advanced in one decode step (1 = no batching)."
+    )
+    max_active_generations: int = Field(
+        512, ge=1, description="Generations running or queued per model; past it RESOURCE_EXHAUSTED."
+    )
+    max_steps_per_iteration: int = Field(
+        8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
+    )
+    stream_buffer_chars: int = Field(
+        65536, ge=1, description="Characters a slow stream may hold unsent before it is cancelled."
+    )
+
+    # --- sessions ------------------------------------------------------------------------------
+    session_ttl_s: float = Field(600.0, gt=0, description="Idle time after which a session expires.")
+    max_sessions: int = Field(
+        100_000, ge=1, description="Most sessions kept; past it the least recently used is evicted."
+    )
+    session_sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often expired sessions are swept."
+    )
+
+    # --- classification ------------------------------------------------------------------------
+    max_texts_per_call: int = Field(256, ge=1, description="Most texts in one Classify call.")
+    max_text_chars: int = Field(8192, ge=1, description="Longest text Classify accepts (characters).")
+    classify_max_batch_size: int = Field(
+        64, ge=1, description="Most texts scored in one classifier batch (1 = no batching)."
+    )
+    classify_max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a classifier batch waits to fill up."
+    )
+    max_queued_texts: int = Field(
+        8192, ge=1, description="Texts waiting for the classifier; past it RESOURCE_EXHAUSTED."
+    )
+
+    # --- logging -------------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Parse a JSON or TOML settings file into field values (keys are field names)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        data = tomllib.loads(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: settings file must hold an object of field names")
+    return data
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, config_file: Path | None = None
+) -> ServerSettings:
+    """Build settings: ``overrides`` (flags) win over the environment, which wins over the file."""
+    file_values = read_settings_file(config_file) if config_file else {}
+    base = ServerSettings(**file_values) if file_values else None
+    env_values = ServerSettings().model_dump(exclude_unset=True) if base else {}
+    merged = {**(base.model_dump(exclude_unset=True) if base else {}), **env_values}
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return ServerSettings(**merged)
