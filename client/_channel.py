@@ -1,0 +1,105 @@
+"""Channel construction shared by both clients: options, retry service config, call settings.
+
+Retries are gRPC's own (transparent to the caller): a call that fails with UNAVAILABLE before
+the server sent any response message is retried with exponential backoff, up to ``retries``
+more attempts. gRPC caps attempts at 5, so ``retries`` above 4 behaves like 4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import rnnserve
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Send/receive limit; big enough for many texts with per-token weights."""
+MAX_ATTEMPTS_CAP = 5
+"""gRPC's own ceiling on ``maxAttempts``."""
+
+RETRIED_SERVICES = (
+    "rnnserve.v1.GenerationService",
+    "rnnserve.v1.ClassificationService",
+    "rnnserve.v1.ModelService",
+    "grpc.health.v1.Health",
+)
+
+Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
+"""Call metadata: a mapping or (key, value) pairs, e.g. ``{"authorization": "Bearer t"}``."""
+
+
+def service_config(retries: int) -> dict[str, Any]:
+    """The gRPC service config: a retry policy on UNAVAILABLE for every rnnserve RPC."""
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    method_config: dict[str, Any] = {"name": [{"service": s} for s in RETRIED_SERVICES]}
+    if retries > 0:
+        method_config["retryPolicy"] = {
+            "maxAttempts": min(retries + 1, MAX_ATTEMPTS_CAP),
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    return {"methodConfig": [method_config]}
+
+
+def channel_options(retries: int) -> list[tuple[str, Any]]:
+    """Channel arguments: message limits, retries, user agent."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1 if retries > 0 else 0),
+        ("grpc.service_config", json.dumps(service_config(retries))),
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.primary_user_agent", f"rnnserve-python/{rnnserve.__version__}"),
+    ]
+
+
+def sync_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, retries: int
+) -> grpc.Channel:
+    """Open a blocking channel (TLS when ``credentials`` is given)."""
+    options = channel_options(retries)
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def aio_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, retries: int
+) -> grpc.aio.Channel:
+    """Open an asyncio channel (TLS when ``credentials`` is given)."""
+    options = channel_options(retries)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """What every call carries: the default deadline and the metadata."""
+
+    timeout: float | None = DEFAULT_TIMEOUT
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def build(cls, timeout: float | None, metadata: Metadata | None) -> CallSettings:
+        """Normalise user input: metadata keys must be lower-case in gRPC."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        pairs = metadata.items() if isinstance(metadata, Mapping) else (metadata or ())
+        return cls(timeout=timeout, metadata=tuple((k.lower(), v) for k, v in pairs))
+
+    def kwargs(self, timeout: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for a stub call; ``timeout`` overrides the default deadline."""
+        return {
+            "timeout": self.timeout if timeout is None else timeout,
+            "metadata": self.metadata or None,
+        }
