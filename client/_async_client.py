@@ -171,7 +171,7 @@ class AsyncClient:
         """One model by name; unknown name: NotFoundError."""
         request = _convert.get_model_request(name)
         response = await self._unary(self._models.GetModel, request, timeout)
-        return _convert.model_info_from_pb(response)
+        return _convert.get_model_from_pb(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The ``grpc.health.v1`` status, e.g. ``"SERVING"`` (``""``: the whole server)."""

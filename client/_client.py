@@ -185,7 +185,7 @@ class Client:
     def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """One model by name; unknown name: NotFoundError."""
         response = self._unary(self._models.GetModel, _convert.get_model_request(name), timeout)
-        return _convert.model_info_from_pb(response)
+        return _convert.get_model_from_pb(response)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The ``grpc.health.v1`` status, e.g. ``"SERVING"`` (``""``: the whole server)."""

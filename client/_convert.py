@@ -150,6 +150,11 @@ def model_info_from_pb(msg: models_pb2.ModelInfo) -> ModelInfo:
     )
 
 
+def get_model_from_pb(msg: models_pb2.GetModelResponse) -> ModelInfo:
+    """Convert a ``GetModelResponse``."""
+    return model_info_from_pb(msg.model)
+
+
 def models_from_pb(msg: models_pb2.ListModelsResponse) -> list[ModelInfo]:
     """Convert a ``ListModelsResponse``."""
     return [model_info_from_pb(m) for m in msg.models]
