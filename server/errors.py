@@ -4,6 +4,7 @@
     ├── InvalidArgumentError        a request field is wrong (names the field)
     ├── NotFoundError
     │   ├── ModelNotFoundError
+    │   ├── NoDefaultModelError     the request names no model and none of its kind is loaded
     │   └── SessionNotFoundError    unknown, expired or evicted (the message says which)
     ├── SessionBusyError            the session is serving another request
     ├── ResourceExhaustedError      an admission limit is reached
@@ -44,6 +45,12 @@ class ModelNotFoundError(NotFoundError):
         hint = ", ".join(sorted(known)) or "none loaded"
         super().__init__(f"model: no model named {name!r} (available: {hint})")
         self.name = name
+
+
+class NoDefaultModelError(NotFoundError):
+    def __init__(self, what: str, known: list[str]) -> None:
+        hint = ", ".join(sorted(known)) or "none"
+        super().__init__(f"model: no {what} is loaded to serve as the default (models: {hint})")
 
 
 class SessionGoneReason(StrEnum):

@@ -64,9 +64,6 @@ class ServerSettings(BaseSettings):
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
     )
-    stream_buffer_chars: int = Field(
-        65536, ge=1, description="Characters a slow stream may hold unsent before it is cancelled."
-    )
 
     # --- sessions ------------------------------------------------------------------------------
     session_ttl_s: float = Field(600.0, gt=0, description="Idle time after which a session expires.")

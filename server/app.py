@@ -1,0 +1,147 @@
+"""The composition root: settings → metrics → registry, sessions → serving logic → gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from rnnserve.server.classification import Classifier
+from rnnserve.server.generation import Generator
+from rnnserve.server.metrics import Metrics, MetricsHttpServer
+from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
+from rnnserve.server.rpc.servicers import (
+    ClassificationServicer,
+    GenerationServicer,
+    ModelServicer,
+)
+from rnnserve.server.sessions import SessionStore
+from rnnserve.server.settings import ServerSettings
+from rnnserve.v1 import (
+    classification_pb2,
+    classification_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+
+GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
+CLASSIFICATION_SERVICE = (
+    classification_pb2.DESCRIPTOR.services_by_name["ClassificationService"].full_name
+)
+MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class RnnServer:
+    """A running rnnserve: gRPC server, metrics endpoint, models, sessions."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(settings, self.metrics)
+        self.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, self.metrics)
+        self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
+        self.classifier = Classifier(self.registry, settings, self.metrics)
+        self.health = HealthServicer()
+        self.port = settings.port
+        self._metrics_http = MetricsHttpServer(
+            self.metrics, settings.metrics_host, max(settings.metrics_port, 0)
+        )
+        self._server: grpc.aio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return self._metrics_http.port if self.settings.metrics_port >= 0 else -1
+
+    @property
+    def target(self) -> str:
+        host = self.settings.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, serve health (NOT_SERVING), load the models, then report readiness."""
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ])
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+            GenerationServicer(self.generator, self.registry, self.metrics), server)
+        classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
+            ClassificationServicer(self.classifier, self.registry, self.metrics), server)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.registry, self.metrics), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
+            await self.health.set(service, NOT_SERVING)
+        await server.start()
+        self._server = server
+        if s.metrics_port >= 0:
+            self._metrics_http.start()
+        logger.info("gRPC on %s:%d", s.host, self.port)
+        await self.registry.load_all()
+        await self._update_health()
+        self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
+
+    async def _update_health(self) -> None:
+        entries = self.registry.entries()
+        any_ready = any(e.state is ModelState.READY for e in entries)
+        await self.health.set("", SERVING if any_ready else NOT_SERVING)
+        await self.health.set(MODEL_SERVICE, SERVING)
+        await self.health.set(
+            GENERATION_SERVICE, SERVING if self.registry.service_ready(CHARLM) else NOT_SERVING)
+        await self.health.set(
+            CLASSIFICATION_SERVICE,
+            SERVING if self.registry.service_ready(CLASSIFIER) else NOT_SERVING)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.session_sweep_interval_s)
+            expired = self.sessions.expire()
+            if expired:
+                logger.info("expired %d idle sessions", expired)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, let in-flight ones finish within grace."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.registry.stop()
+        self._metrics_http.stop()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def build_server(settings: ServerSettings) -> RnnServer:
+    """Wire a server from settings (nothing runs until ``await server.start()``)."""
+    return RnnServer(settings)

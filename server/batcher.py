@@ -1,0 +1,133 @@
+"""Dynamic batching for a classifier: texts from concurrent requests scored together.
+
+One asyncio queue, a future per text and one batching task: a batch closes when it holds
+``max_batch_size`` texts or its first text has waited ``max_wait``. Every text is padded to the
+model's fixed sequence length, so a score never depends on its batch mates.
+``max_batch_size = 1`` scores one text at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import torch
+from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A text's P(positive) and its attention weight per padded position."""
+
+    score: float
+    attention: list[float]
+
+
+class ClassificationBatcher:
+    """Owns all execution of one classifier."""
+
+    def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
+                 max_batch_size: int, max_wait_ms: float, max_queued: int) -> None:
+        self.model = model  # rnnserve.models LoadedModel (classifier)
+        self.name = name
+        self._module = model.module
+        self._device = torch.device(model.device)
+        self._executor = executor
+        self._max_batch = max_batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._max_queued = max_queued
+        self._queue: list[tuple[list[int], asyncio.Future[Scored]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._m_queue = metrics.queue_depth.labels(name, "classification")
+        self._m_batch = metrics.batch_size.labels(name, "classification")
+        self._m_rejected = metrics.rejected.labels(name, "queued_texts")
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(RnnserveError("the server is shutting down"))
+        self._queue.clear()
+
+    async def score(self, rows: list[list[int]]) -> list[Scored]:
+        """Score padded token-id rows; RESOURCE_EXHAUSTED when too many texts wait already."""
+        if self._wake is None:
+            raise RuntimeError("batcher not started")
+        if len(self._queue) + len(rows) > self._max_queued:
+            self._m_rejected.inc()
+            raise ResourceExhaustedError(
+                f"texts: classifier {self.name!r} has {len(self._queue)} texts waiting "
+                f"(limit {self._max_queued}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in rows]
+        self._queue.extend(zip(rows, futures, strict=True))
+        self._m_queue.set(len(self._queue))
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._queue) < self._max_batch and self._max_wait > 0:
+                deadline = loop.time() + self._max_wait
+                while len(self._queue) < self._max_batch and loop.time() < deadline:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+            batch = [(r, f) for r, f in self._queue[: self._max_batch] if not f.done()]
+            del self._queue[: self._max_batch]
+            self._m_queue.set(len(self._queue))
+            if not batch:
+                continue
+            self._m_batch.observe(len(batch))
+            try:
+                scored = await loop.run_in_executor(
+                    self._executor, self._score, [rows for rows, _ in batch]
+                )
+            except Exception as exc:
+                logger.exception("classifier %s failed on a batch", self.name)
+                scored = [exc] * len(batch)
+            for (_, future), result in zip(batch, scored, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _score(self, rows: list[list[int]]) -> list[Scored]:
+        with torch.inference_mode():
+            x = torch.tensor(rows, dtype=torch.long, device=self._device)  # (B, S)
+            probs, attention = self._module.score(x)  # (B,), (B, S)
+            probs_l = probs.float().cpu().tolist()
+            attention_l = attention.float().cpu().tolist()
+        return [Scored(p, a) for p, a in zip(probs_l, attention_l, strict=True)]

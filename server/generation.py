@@ -1,0 +1,163 @@
+"""Generate, GenerateStream and EndSession: validation, sessions, and one engine call.
+
+The prefix is normalised character-wise (as the model's config says), encoded with the model's
+vocabulary (unknown characters become ``<unk>``), and handed to the model's engine together with
+the session's state. Where the state starts and what is fed follow d2l's ``predict_ch8``: every
+character but the last is consumed in warm-up, and the last is the first decode step's input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+from rnnserve.models.text import normalize_chars
+from rnnserve.server.decoding import DecodingOptions
+from rnnserve.server.engine import GenerationJob
+from rnnserve.server.errors import (
+    InvalidArgumentError,
+    SessionGoneReason,
+    SessionNotFoundError,
+)
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.registry import CHARLM, ModelEntry, ModelRegistry
+from rnnserve.server.requests import GenerateParams, GenerationChunk
+from rnnserve.server.sessions import Session, SessionStore
+from rnnserve.server.settings import ServerSettings
+
+MAX_TEMPERATURE = 100.0
+
+
+class Generator:
+    """The serving logic behind the GenerationService."""
+
+    def __init__(self, registry: ModelRegistry, sessions: SessionStore,
+                 settings: ServerSettings, metrics: Metrics) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._settings = settings
+        self._metrics = metrics
+
+    # --- validation ----------------------------------------------------------------------------
+    def validate(self, params: GenerateParams) -> int:
+        """Check every field; returns the effective max_tokens."""
+        s = self._settings
+        if not params.prefix and not params.session_id:
+            raise InvalidArgumentError("prefix", "must not be empty unless session_id is set")
+        if len(params.prefix) > s.max_prefix_chars:
+            raise InvalidArgumentError(
+                "prefix", f"has {len(params.prefix)} characters, more than the limit of "
+                f"{s.max_prefix_chars}"
+            )
+        if params.max_tokens > s.max_tokens_limit:
+            raise InvalidArgumentError(
+                "max_tokens", f"{params.max_tokens} is past the limit of {s.max_tokens_limit}"
+            )
+        check_options(params.options, s)
+        return params.max_tokens or s.default_max_tokens
+
+    # --- generation ----------------------------------------------------------------------------
+    async def generate(self, params: GenerateParams) -> AsyncIterator[GenerationChunk]:
+        """Run one generation; yields chunks as the engine produces them (coalesced)."""
+        max_tokens = self.validate(params)
+        entry, session, fresh = self._open(params)
+        try:
+            loaded = entry.loaded
+            assert loaded is not None and entry.engine is not None
+            text = normalize_chars(params.prefix, loaded.normalization or "none")
+            ids = loaded.vocab.encode(text)
+            if session is not None and session.state is not None:
+                feed = [session.pending, *ids[:-1]] if ids else []
+                pending = ids[-1] if ids else session.pending
+                state = session.state
+            else:
+                feed, pending, state = ids[:-1], ids[-1], None
+            job = GenerationJob(feed=feed, pending=pending, state=state,
+                                max_tokens=max_tokens, options=params.options)
+            entry.engine.submit(job)
+        except BaseException:
+            self._close(session, fresh, None)
+            raise
+        self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
+        session_id = session.id if session is not None else ""
+        completed = False
+        try:
+            while True:
+                piece, generated = await job.outbox.take()
+                done = job.outbox.done
+                yield GenerationChunk(
+                    text=piece, session_id=session_id, finish_reason=job.finish if done else None,
+                    prefix_tokens=len(ids), generated_tokens=generated,
+                    model=entry.name, model_version=entry.version,
+                )
+                if done:
+                    completed = True
+                    return
+        finally:
+            job.cancelled = not completed
+            self._close(session, fresh, job if completed else None, len(ids))
+
+    def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
+        """The model entry and the session (acquired or newly opened) for a request."""
+        if params.session_id:
+            session = self._sessions.acquire(params.session_id)
+            try:
+                if params.model and params.model != session.model:
+                    raise InvalidArgumentError(
+                        "model", f"session {params.session_id!r} belongs to model "
+                        f"{session.model!r}, not {params.model!r}"
+                    )
+                entry = self._registry.ready(session.model, CHARLM)
+                if entry.version != session.version:
+                    self._sessions.drop_model_version(session.model, session.version)
+                    raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
+            except BaseException:
+                self._sessions.release(session)
+                raise
+            return entry, session, False
+        entry = self._registry.ready(params.model, CHARLM)
+        if params.keep_session:
+            return entry, self._sessions.open(entry.name, entry.version), True
+        return entry, None, False
+
+    def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
+               prefix_tokens: int = 0) -> None:
+        """Store a finished job's state in its session; a failed request changes nothing."""
+        if session is None:
+            return
+        if job is None:
+            if fresh:
+                self._sessions.discard(session)
+            else:
+                self._sessions.release(session)
+            return
+        self._sessions.release(session, job.final_state, job.final_pending,
+                               added_tokens=prefix_tokens + job.generated)
+
+    async def end_session(self, session_id: str) -> int:
+        """EndSession: drop the session; returns the characters it had seen."""
+        if not session_id:
+            raise InvalidArgumentError("session_id", "must not be empty")
+        return self._sessions.end(session_id).total_tokens
+
+
+def check_options(options: DecodingOptions, settings: ServerSettings) -> None:
+    """INVALID_ARGUMENT for any decoding option out of range."""
+    t = options.temperature
+    if not math.isfinite(t) or t < 0 or t > MAX_TEMPERATURE:
+        raise InvalidArgumentError("temperature", f"must be between 0 and {MAX_TEMPERATURE}")
+    if not math.isfinite(options.top_p) or not 0.0 <= options.top_p <= 1.0:
+        raise InvalidArgumentError("top_p", "must be between 0 and 1")
+    if options.top_k < 0:
+        raise InvalidArgumentError("top_k", "must not be negative")
+    if (options.top_k or options.top_p) and t == 0:
+        raise InvalidArgumentError("temperature", "top_k and top_p need a temperature above 0")
+    if len(options.stop) > settings.max_stop_strings:
+        raise InvalidArgumentError(
+            "stop", f"at most {settings.max_stop_strings} stop strings are allowed"
+        )
+    for s in options.stop:
+        if not s or len(s) > settings.max_stop_chars:
+            raise InvalidArgumentError(
+                "stop", f"each stop string must have 1 to {settings.max_stop_chars} characters"
+            )

@@ -1,0 +1,85 @@
+"""``rnnserve serve``: flags → settings → a running server until SIGTERM/SIGINT (then drain)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rnnserve.server.app import build_server
+from rnnserve.server.logs import configure_logging
+from rnnserve.server.settings import ServerSettings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def _flag_type(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if isinstance(annotation, types.UnionType):
+        return str
+    return annotation if annotation in (int, float, str, Path) else str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per settings field (``--max-batch-size`` for ``max_batch_size``), plus --config."""
+    parser = argparse.ArgumentParser(
+        prog="rnnserve serve",
+        description="Serve the models of a model repository over gRPC. Every flag can also be "
+        "set as an RNNSERVE_<NAME> environment variable or in a --config file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, default=None,
+                        help="settings file (JSON or TOML) with field names as keys")
+    for name, field in ServerSettings.model_fields.items():
+        choices = None
+        if typing.get_origin(field.annotation) is typing.Literal:
+            choices = list(typing.get_args(field.annotation))
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=_flag_type(field.annotation),
+            default=None, choices=choices,
+            help=f"{field.description} [env RNNSERVE_{name.upper()}; default: {field.default}]",
+        )
+    return parser
+
+
+def parse_settings(argv: list[str] | None) -> ServerSettings:
+    args = vars(build_parser().parse_args(argv))
+    config = args.pop("config")
+    return load_settings(args, config)
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then drain within the grace period."""
+    server = build_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    logger.info("rnnserve ready: gRPC %s, metrics port %d", server.target, server.metrics_port)
+    await stop.wait()
+    logger.info("draining (grace %.1fs)", settings.grace_period_s)
+    await server.stop()
+    logger.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = parse_settings(argv)
+    except (ValidationError, ValueError, OSError) as err:
+        print(f"rnnserve serve: invalid settings: {err}")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Domain value types exchanged between the RPC layer and the serving logic (no protobuf here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnserve.server.decoding import DecodingOptions
+from rnnserve.server.engine import FinishReason
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """A Generate / GenerateStream request, as the serving logic sees it."""
+
+    model: str = ""
+    prefix: str = ""
+    max_tokens: int = 0  # 0 = server default
+    session_id: str = ""
+    keep_session: bool = False
+    options: DecodingOptions = DecodingOptions()
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A piece of a continuation; the last one carries ``finish_reason``."""
+
+    text: str
+    session_id: str
+    finish_reason: FinishReason | None
+    prefix_tokens: int
+    generated_tokens: int
+    model: str
+    model_version: int
+
+
+@dataclass(frozen=True)
+class TokenWeight:
+    token: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    label: str
+    score: float
+    tokens: tuple[TokenWeight, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    results: list[ClassificationResult]
+    model: str
+    model_version: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ListModels / GetModel report about a model."""
+
+    name: str
+    version: int
+    kind: str
+    state: str
+    error: str
+    device: str
+    is_default: bool
+    architecture: str
+    vocab_size: int
+    parameters: int
+    metrics: dict[str, float]

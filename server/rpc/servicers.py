@@ -1,0 +1,104 @@
+"""gRPC servicers: protobuf → domain object → one call into the serving logic → protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from rnnserve.server.classification import Classifier
+from rnnserve.server.errors import InvalidArgumentError
+from rnnserve.server.generation import Generator
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, describe_entry
+from rnnserve.server.rpc import convert
+from rnnserve.server.rpc.status import rpc_method
+from rnnserve.v1 import (
+    classification_pb2,
+    classification_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+
+Context = grpc.aio.ServicerContext
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, generator: Generator, registry: ModelRegistry, metrics: Metrics) -> None:
+        self._generator = generator
+        self._registry = registry
+        self.metrics = metrics
+
+    def model_label(self, request: object) -> str:
+        return getattr(request, "model", "") or self._registry.default_name(CHARLM)
+
+    @rpc_method("Generate")
+    async def Generate(self, request: generation_pb2.GenerateRequest, context: Context
+                       ) -> generation_pb2.GenerateResponse:
+        params = convert.generate_params(request)
+        async with aclosing(self._generator.generate(params)) as chunks:
+            collected = [chunk async for chunk in chunks]
+        return convert.generate_response(collected)
+
+    @rpc_method("GenerateStream")
+    async def GenerateStream(self, request: generation_pb2.GenerateRequest, context: Context
+                             ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        params = convert.generate_params(request)
+        messages = self.metrics.stream_messages.labels(self.model_label(request))
+        async with aclosing(self._generator.generate(params)) as chunks:
+            async for chunk in chunks:
+                messages.inc()
+                yield convert.stream_response(chunk)
+
+    @rpc_method("EndSession")
+    async def EndSession(self, request: generation_pb2.EndSessionRequest, context: Context
+                         ) -> generation_pb2.EndSessionResponse:
+        total = await self._generator.end_session(request.session_id)
+        return generation_pb2.EndSessionResponse(total_tokens=total)
+
+
+class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServicer):
+    def __init__(self, classifier: Classifier, registry: ModelRegistry, metrics: Metrics) -> None:
+        self._classifier = classifier
+        self._registry = registry
+        self.metrics = metrics
+
+    def model_label(self, request: object) -> str:
+        return getattr(request, "model", "") or self._registry.default_name(CLASSIFIER)
+
+    @rpc_method("Classify")
+    async def Classify(self, request: classification_pb2.ClassifyRequest, context: Context
+                       ) -> classification_pb2.ClassifyResponse:
+        outcome = await self._classifier.classify(request.model, list(request.texts),
+                                                  request.explain)
+        return convert.classify_response(outcome)
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
+        self._registry = registry
+        self.metrics = metrics
+
+    def model_label(self, request: object) -> str:
+        return getattr(request, "name", "")
+
+    def _describe(self, name: str) -> models_pb2.ModelInfo:
+        entry = self._registry.entry(name)
+        is_default = self._registry.default_name(entry.kind) == entry.name if entry.kind else False
+        return convert.model_info(describe_entry(entry, is_default))
+
+    @rpc_method("ListModels")
+    async def ListModels(self, request: models_pb2.ListModelsRequest, context: Context
+                         ) -> models_pb2.ListModelsResponse:
+        return models_pb2.ListModelsResponse(
+            models=[self._describe(e.name) for e in self._registry.entries()]
+        )
+
+    @rpc_method("GetModel")
+    async def GetModel(self, request: models_pb2.GetModelRequest, context: Context
+                       ) -> models_pb2.GetModelResponse:
+        if not request.name:
+            raise InvalidArgumentError("name", "must not be empty")
+        return models_pb2.GetModelResponse(model=self._describe(request.name))

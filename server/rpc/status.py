@@ -1,0 +1,148 @@
+"""The RPC boundary: domain errors → gRPC status codes (one table), request ids, metrics, logs.
+
+Every servicer method is wrapped by :func:`rpc_method`. A domain error becomes its status code
+with its message (which names the offending field); anything else becomes INTERNAL with a
+generic message and the request id, while the traceback goes to the log only. Each call ends
+with one log line (request id, method, model, status, duration) and its metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from rnnserve.server import errors
+from rnnserve.server.metrics import Metrics
+
+logger = logging.getLogger("rnnserve.requests")
+
+STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.SessionBusyError, grpc.StatusCode.ABORTED),
+    (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (errors.CancelledError, grpc.StatusCode.CANCELLED),
+    (errors.RnnserveError, grpc.StatusCode.UNAVAILABLE),  # e.g. shutting down
+)
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def status_of(error: errors.RnnserveError) -> grpc.StatusCode:
+    """The status code of a domain error (first matching row of the table)."""
+    for kind, code in STATUS_TABLE:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN  # pragma: no cover - the base class row matches everything
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The client's x-request-id if it sent a sane one, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 64 \
+                and value.isprintable():
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+class CallRecord:
+    """What one call did, for its log line and metrics."""
+
+    def __init__(self, method: str, model: str, rid: str) -> None:
+        self.method, self.model, self.rid = method, model, rid
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+
+    def fail(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def cancelled(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    def finish(self, metrics: Metrics) -> None:
+        seconds = time.perf_counter() - self.started
+        code = self.code.name
+        metrics.requests.labels(self.method, self.model, code).inc()
+        metrics.request_duration.labels(self.method, self.model).observe(seconds)
+        logger.info(
+            "%s %s model=%s status=%s duration_ms=%.2f", self.rid, self.method, self.model or "-",
+            code, seconds * 1000,
+            extra={"request_id": self.rid, "method": self.method, "model": self.model,
+                   "status": code, "duration_ms": round(seconds * 1000, 3)},
+        )
+
+
+async def _abort(context: grpc.aio.ServicerContext, record: CallRecord, exc: BaseException) -> None:
+    if isinstance(exc, errors.RnnserveError):
+        code = status_of(exc)
+        record.fail(code)
+        await context.abort(code, exc.message)
+    record.fail(grpc.StatusCode.INTERNAL)
+    logger.error("%s %s failed", record.rid, record.method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"internal error; request id {record.rid} (details are in the server log)")
+
+
+def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a servicer method (unary coroutine or server-streaming async generator).
+
+    The servicer must have ``metrics: Metrics`` and ``model_label(request) -> str``.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[Any]:
+                record = CallRecord(name, self.model_label(request), request_id(context))
+                self.metrics.in_flight.labels(name).inc()
+                try:
+                    await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
+                    async for item in fn(self, request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    record.cancelled(context)
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
+                    await _abort(context, record, exc)
+                finally:
+                    self.metrics.in_flight.labels(name).dec()
+                    record.finish(self.metrics)
+
+            return streaming
+
+        @functools.wraps(fn)
+        async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            record = CallRecord(name, self.model_label(request), request_id(context))
+            self.metrics.in_flight.labels(name).inc()
+            try:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
+                return await fn(self, request, context)
+            except asyncio.CancelledError:
+                record.cancelled(context)
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
+                await _abort(context, record, exc)
+            finally:
+                self.metrics.in_flight.labels(name).dec()
+                record.finish(self.metrics)
+
+        return unary
+
+    return decorate
+
