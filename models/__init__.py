@@ -1,0 +1,61 @@
+"""rnnserve.models: recurrent architectures, vocabularies, text handling, checkpoints, training.
+
+torch only (never grpc/asyncio). Modules, one concept each:
+
+- :mod:`.vocab` — d2l ``Vocab`` (index 0 ``<unk>``, frequency order, first-seen ties);
+- :mod:`.text` — d2l corpus normalisation, character normalisation, word tokenizer;
+- :mod:`.charlm` — seed 000's ``RNNModel`` (nn.RNN/GRU/LSTM) with a fast serving step;
+- :mod:`.scratch` — the hand-written RNN/LSTM steps of seeds 000/004 (oracles, converters);
+- :mod:`.sentiment` — seed 001's ``SentimentRNN`` with attention weights for ``explain``;
+- :mod:`.checkpoint` — the model repository format and its safe loader;
+- :mod:`.training` — training functions and the ``rnnserve train`` command.
+"""
+
+from .charlm import CharLMConfig, RNNModel, predict_greedy
+from .checkpoint import (
+    NAME_RE,
+    CheckpointError,
+    LoadedModel,
+    ModelSpec,
+    find_models,
+    list_model_dirs,
+    load_model,
+    read_config,
+    save_model,
+    select_version,
+)
+from .sentiment import SentimentConfig, SentimentRNN
+from .text import (
+    CharNormalization,
+    WordTokenizer,
+    WordTokenizerConfig,
+    load_corpus,
+    normalize_chars,
+    normalize_corpus_line,
+)
+from .vocab import Vocab
+
+__all__ = [
+    "NAME_RE",
+    "CharLMConfig",
+    "CharNormalization",
+    "CheckpointError",
+    "LoadedModel",
+    "ModelSpec",
+    "RNNModel",
+    "SentimentConfig",
+    "SentimentRNN",
+    "Vocab",
+    "WordTokenizer",
+    "WordTokenizerConfig",
+    "find_models",
+    "list_model_dirs",
+    "load_corpus",
+    "load_model",
+    "normalize_chars",
+    "normalize_corpus_line",
+    "predict_greedy",
+    "read_config",
+    "save_model",
+    "select_version",
+]

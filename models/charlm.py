@@ -1,0 +1,268 @@
+"""Character language model: the d2l ``RNNModel`` of seed 000, plus a fast serving path.
+
+``RNNModel(rnn_layer, vocab_size)`` wraps an ``nn.RNN``/``nn.GRU``/``nn.LSTM`` whose input is the
+one-hot encoding of the token ids, followed by ``linear``; parameter names are exactly the
+seed's (``rnn.weight_ih_l0``, ..., ``linear.weight``, ``linear.bias``) so a
+``torch.save(net.state_dict())`` made with the seed class loads here with ``strict=True``.
+``forward`` and ``begin_state`` are the seed's, token for token.
+
+Serving adds (inference only, eval mode, no autograd):
+
+- state is always a tuple of ``(L, B, H)`` tensors, ``(h,)`` for rnn/gru and ``(h, c)`` for
+  lstm; the batch is dimension 1, so sessions join/leave a batch with ``cat``/``split`` on dim 1;
+- ``prefill``: variable-length prompts in one packed ``nn`` call;
+- ``step``: one decode step written out by hand. A one-hot input times ``W_ih^T`` is a row of
+  ``W_ih^T``, so layer 0 is a row gather (with both biases folded into the rows) plus one
+  ``addmm`` with ``h @ W_hh^T``; the gate math follows torch's gate order (lstm: i, f, g, o;
+  gru: r, z, n). It equals ``forward`` on one step to 1e-5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+logger = logging.getLogger(__name__)
+
+Cell = Literal["rnn", "gru", "lstm"]
+State = tuple[Tensor, ...]
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+@dataclass(frozen=True)
+class CharLMConfig:
+    """Architecture of a char LM (config.json ``"architecture"``)."""
+
+    cell: Cell
+    vocab_size: int
+    num_hiddens: int
+    num_layers: int = 1
+    dropout: float = 0.0
+    nonlinearity: str = "tanh"  # rnn only: "tanh" or "relu"
+
+    def __post_init__(self) -> None:
+        if self.cell not in _GATES:
+            raise ValueError(f"cell must be one of {sorted(_GATES)}, not {self.cell!r}")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {self.nonlinearity!r}")
+        if self.vocab_size < 1 or self.num_hiddens < 1 or self.num_layers < 1:
+            raise ValueError("vocab_size, num_hiddens and num_layers must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.cell != "rnn":
+            d.pop("nonlinearity")
+        return d
+
+
+def cell_of(rnn_layer: nn.Module) -> Cell:
+    """'rnn' | 'gru' | 'lstm' for an ``nn.RNN``/``nn.GRU``/``nn.LSTM``."""
+    if isinstance(rnn_layer, nn.LSTM):
+        return "lstm"
+    if isinstance(rnn_layer, nn.GRU):
+        return "gru"
+    if isinstance(rnn_layer, nn.RNN):
+        return "rnn"
+    raise TypeError(f"unsupported recurrent layer {type(rnn_layer).__name__}")
+
+
+class RNNModel(nn.Module):
+    """The recurrent neural network model of seed 000 (d2l ``RNNModel``)."""
+
+    def __init__(self, rnn_layer: nn.RNNBase, vocab_size: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.rnn = rnn_layer
+        self.vocab_size = vocab_size
+        self.num_hiddens = self.rnn.hidden_size
+        if not self.rnn.bidirectional:
+            self.num_directions = 1
+            self.linear = nn.Linear(self.num_hiddens, self.vocab_size)
+        else:
+            self.num_directions = 2
+            self.linear = nn.Linear(self.num_hiddens * 2, self.vocab_size)
+        self._fast_cache: tuple | None = None
+
+    @classmethod
+    def from_config(cls, cfg: CharLMConfig) -> RNNModel:
+        kwargs = dict(num_layers=cfg.num_layers, dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        if cfg.cell == "rnn":
+            layer: nn.RNNBase = nn.RNN(
+                cfg.vocab_size, cfg.num_hiddens, nonlinearity=cfg.nonlinearity, **kwargs
+            )
+        elif cfg.cell == "gru":
+            layer = nn.GRU(cfg.vocab_size, cfg.num_hiddens, **kwargs)
+        else:
+            layer = nn.LSTM(cfg.vocab_size, cfg.num_hiddens, **kwargs)
+        return cls(layer, cfg.vocab_size)
+
+    @property
+    def cell(self) -> Cell:
+        return cell_of(self.rnn)
+
+    # ------------------------------------------------------------------ seed 000, verbatim
+    def forward(self, inputs: Tensor, state: Tensor | State) -> tuple[Tensor, Tensor | State]:
+        X = F.one_hot(inputs.T.long(), self.vocab_size)  # (T, B, V)
+        X = X.to(torch.float32)
+        Y, state = self.rnn(X, state)  # (T, B, D*H)
+        output = self.linear(Y.reshape((-1, Y.shape[-1])))  # (T*B, V)
+        return output, state
+
+    def begin_state(self, device: torch.device | str, batch_size: int = 1) -> Tensor | State:
+        shape = (self.num_directions * self.rnn.num_layers, batch_size, self.num_hiddens)
+        if not isinstance(self.rnn, nn.LSTM):
+            return torch.zeros(shape, device=device)
+        return (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+
+    # ------------------------------------------------------------------ serving path
+    def _check_servable(self) -> None:
+        if self.rnn.bidirectional:
+            raise ValueError("a bidirectional RNNModel cannot generate text")
+        if not self.rnn.bias:
+            raise ValueError("the serving path needs an rnn layer with biases")
+
+    def zero_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """All-zero serving state: ``(h,)`` or ``(h, c)``, each ``(L, B, H)``."""
+        device = self.linear.weight.device if device is None else device
+        shape = (self.rnn.num_layers, batch_size, self.num_hiddens)
+        n = 2 if isinstance(self.rnn, nn.LSTM) else 1
+        return tuple(
+            torch.zeros(shape, device=device, dtype=self.linear.weight.dtype) for _ in range(n)
+        )
+
+    @staticmethod
+    def state_bytes(state: State) -> int:
+        """Bytes held by a state's tensors."""
+        return sum(t.numel() * t.element_size() for t in state)
+
+    def to_serving_state(self, state: Tensor | State) -> State:
+        """Seed state (tensor for rnn/gru, tuple for lstm) -> serving tuple."""
+        return (state,) if isinstance(state, Tensor) else tuple(state)
+
+    def to_seed_state(self, state: State) -> Tensor | State:
+        """Serving tuple -> seed state (what ``forward`` takes)."""
+        return tuple(state) if isinstance(self.rnn, nn.LSTM) else state[0]
+
+    @torch.no_grad()
+    def prefill(self, sequences: list[list[int]], state: State) -> tuple[Tensor, State]:
+        """Run token sequences (each non-empty; B = len(sequences)) from ``state``, one packed call.
+
+        Returns the logits after each sequence's last token ``(B, V)`` and the state after it.
+        """
+        self._check_servable()
+        if not sequences or any(len(s) == 0 for s in sequences):
+            raise ValueError("prefill needs at least one sequence and every sequence non-empty")
+        device = self.linear.weight.device
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+        padded = torch.zeros((len(sequences), int(lengths.max())), dtype=torch.int64)  # (B, T)
+        for i, seq in enumerate(sequences):
+            padded[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.int64)
+        x = F.one_hot(padded.T.to(device), self.vocab_size).to(
+            self.linear.weight.dtype
+        )  # (T, B, V)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        _, hn = self.rnn(packed, self.to_seed_state(state))
+        new_state = self.to_serving_state(hn)
+        logits = self.linear(new_state[0][-1])  # top layer h after each row's last token: (B, V)
+        return logits, new_state
+
+    def _fast_weights(self) -> list[tuple[Tensor, ...]]:
+        """Per-layer weights laid out for :meth:`step`; rebuilt when any parameter changes."""
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        if self._fast_cache is not None and self._fast_cache[0] == key:
+            return self._fast_cache[1]
+        cell = self.cell
+        layers: list[tuple[Tensor, ...]] = []
+        for layer in range(self.rnn.num_layers):
+            w_ih = getattr(self.rnn, f"weight_ih_l{layer}").detach()  # (G*H, in)
+            w_hh = getattr(self.rnn, f"weight_hh_l{layer}").detach()  # (G*H, H)
+            b_ih = getattr(self.rnn, f"bias_ih_l{layer}").detach()  # (G*H,)
+            b_hh = getattr(self.rnn, f"bias_hh_l{layer}").detach()  # (G*H,)
+            w_ih_t, w_hh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # (in, G*H), (H, G*H)
+            if cell == "gru":
+                # the n gate needs W_hn h + b_hn on its own (it is multiplied by r)
+                if layer == 0:
+                    layers.append(((w_ih_t + b_ih).contiguous(), w_hh_t, b_hh))  # rows carry b_ih
+                else:
+                    layers.append((w_ih_t, b_ih, w_hh_t, b_hh))
+            elif layer == 0:
+                layers.append(
+                    ((w_ih_t + (b_ih + b_hh)).contiguous(), w_hh_t)
+                )  # rows carry both biases
+            else:
+                layers.append((torch.cat([w_ih_t, w_hh_t], 0).contiguous(), b_ih + b_hh))
+        out = (self.linear.weight.detach().t().contiguous(), self.linear.bias.detach())
+        layers.append(out)
+        self._fast_cache = (key, layers)
+        return layers
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One decode step: ``tokens`` (B,) int64, state tuple -> (logits (B, V), new state)."""
+        self._check_servable()
+        weights = self._fast_weights()
+        cell, H, L = self.cell, self.num_hiddens, self.rnn.num_layers
+        h_prev = state[0]  # (L, B, H)
+        c_prev = state[1] if cell == "lstm" else None
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        x = tokens
+        for layer in range(L):
+            w = weights[layer]
+            h = h_prev[layer]  # (B, H)
+            if cell == "gru":
+                if layer == 0:
+                    gi = w[0].index_select(0, x)  # (B, 3H) = x @ W_ih^T + b_ih
+                    gh = torch.addmm(w[2], h, w[1])  # (B, 3H)
+                else:
+                    gi = torch.addmm(w[1], x, w[0])
+                    gh = torch.addmm(w[3], h, w[2])
+                rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
+                r, z = rz[:, :H], rz[:, H:]
+                n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+                h = n + z * (h - n)  # (1 - z) * n + z * h
+            else:
+                if layer == 0:
+                    gates = torch.addmm(w[0].index_select(0, x), h, w[1])  # (B, G*H)
+                else:
+                    gates = torch.addmm(w[1], torch.cat([x, h], 1), w[0])  # (B, G*H)
+                if cell == "lstm":
+                    sig = torch.sigmoid(gates)
+                    i, f, o = sig[:, :H], sig[:, H : 2 * H], sig[:, 3 * H :]
+                    g = torch.tanh(gates[:, 2 * H : 3 * H])
+                    c = f * c_prev[layer] + i * g
+                    h = o * torch.tanh(c)
+                    cs.append(c)
+                elif self.rnn.nonlinearity == "relu":
+                    h = torch.relu(gates)
+                else:
+                    h = torch.tanh(gates)
+            hs.append(h)
+            x = h
+        w_out, b_out = weights[L]
+        logits = torch.addmm(b_out, x, w_out)  # (B, V)
+        new_h = torch.stack(hs, 0)  # (L, B, H)
+        return logits, ((new_h, torch.stack(cs, 0)) if cell == "lstm" else (new_h,))
+
+
+@torch.no_grad()
+def predict_greedy(net: RNNModel, prefix_ids: list[int], num_preds: int) -> list[int]:
+    """Greedy continuation ids, same numbers as seed 000's ``predict_ch8`` (without the prefix)."""
+    if not prefix_ids:
+        raise ValueError("prefix must not be empty")
+    device = net.linear.weight.device
+    logits, state = net.prefill([prefix_ids], net.zero_state(1, device))
+    out: list[int] = []
+    for i in range(num_preds):
+        tok = logits.argmax(dim=1)  # (1,)
+        out.append(int(tok))
+        if i + 1 < num_preds:
+            logits, state = net.step(tok, state)
+    return out

@@ -1,0 +1,430 @@
+"""The model repository format: ``<repo>/<name>/<version>/{config.json, model.pt}``.
+
+``config.json`` describes the architecture, the vocabulary (idx_to_token list), text
+normalisation / tokenizer and the training run with its held-out metrics; it is validated
+against ``config.schema.json`` (plus cross-field checks) *before* any tensor is read.
+``model.pt`` is a plain ``state_dict`` read with ``torch.load(..., weights_only=True)``: only a
+dict of dense tensors whose keys and shapes match the configured architecture is accepted.
+Names match ``NAME_RE``; every path is resolved and must stay inside its repository / version
+directory (no symlink escapes); files have size limits. Every refusal is a
+:class:`CheckpointError` whose message names the file and the mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .charlm import CharLMConfig, RNNModel
+from .sentiment import SentimentConfig, SentimentRNN
+from .text import CharNormalization, WordTokenizer, WordTokenizerConfig
+from .vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_RE)
+_VERSION = re.compile(r"^[0-9]{1,9}$")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+MAX_CONFIG_BYTES = 16 * 2**20
+DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_LABELS = ["negative", "positive"]
+
+Kind = Literal["charlm", "classifier"]
+
+
+class CheckpointError(Exception):
+    """A model directory, config or weights file was refused; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model version found in a repository, with its validated config."""
+
+    name: str
+    version: int
+    kind: Kind
+    path: Path
+    config: dict
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: module in eval mode on ``device`` plus its text handling."""
+
+    name: str
+    version: int
+    kind: Kind
+    config: dict
+    vocab: Vocab
+    module: RNNModel | SentimentRNN
+    normalization: CharNormalization | None  # charlm only
+    tokenizer: WordTokenizer | None  # classifier only
+    labels: list[str]
+    device: torch.device
+    path: Path | None = None
+    num_parameters: int = field(default=0)
+
+
+# ---------------------------------------------------------------------------- names and paths
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise :class:`CheckpointError`."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CheckpointError(f"invalid model name {name!r}: must match {NAME_RE}")
+    return name
+
+
+def resolve_inside(root: Path, path: Path) -> Path:
+    """``path`` fully resolved (symlinks followed); refuses anything outside ``root``."""
+    root_r = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if resolved != root_r and root_r not in resolved.parents:
+        raise CheckpointError(f"{path}: resolves to {resolved}, outside {root_r}")
+    return resolved
+
+
+def list_model_dirs(repo: Path) -> list[tuple[str, Path]]:
+    """``(name, resolved dir)`` for each valid model directory in ``repo``, sorted by name.
+
+    Entries with an invalid name, that are not directories, or that resolve outside the
+    repository are skipped with a warning (one bad entry never hides the others).
+    """
+    repo_r = Path(repo).resolve()
+    if not repo_r.is_dir():
+        raise CheckpointError(f"{repo}: model repository is not a directory")
+    found = []
+    for entry in sorted(repo_r.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        try:
+            validate_name(entry.name)
+            resolved = resolve_inside(repo_r, entry)
+        except CheckpointError as err:
+            logger.warning("skipping %s: %s", entry, err)
+            continue
+        if resolved.is_dir():
+            found.append((entry.name, resolved))
+    return found
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Numeric version directories of a model, ascending."""
+    model_r = Path(model_dir).resolve()
+    versions = []
+    for entry in model_r.iterdir():
+        if _VERSION.match(entry.name) and entry.is_dir():
+            try:
+                resolve_inside(model_r, entry)
+            except CheckpointError as err:
+                logger.warning("skipping %s: %s", entry, err)
+                continue
+            versions.append(int(entry.name))
+    return sorted(versions)
+
+
+def select_version(model_dir: Path, config_pin: int | None = None) -> int:
+    """The highest numeric version directory, or ``config_pin`` if given (it must exist)."""
+    versions = list_versions(model_dir)
+    if config_pin is not None:
+        if config_pin not in versions:
+            raise CheckpointError(
+                f"{model_dir}: pinned version {config_pin} not found (have {versions})"
+            )
+        return config_pin
+    if not versions:
+        raise CheckpointError(f"{model_dir}: no numeric version directories")
+    return versions[-1]
+
+
+def version_dir(model_dir: Path, version: int) -> Path:
+    """The resolved directory of ``version`` (must stay inside ``model_dir``)."""
+    return resolve_inside(Path(model_dir), Path(model_dir) / str(int(version)))
+
+
+def find_models(repo: Path) -> list[ModelSpec]:
+    """The highest valid version of every model in ``repo`` (invalid ones logged and skipped)."""
+    specs = []
+    for name, mdir in list_model_dirs(repo):
+        try:
+            version = select_version(mdir)
+            vdir = version_dir(mdir, version)
+            cfg = read_config(vdir)
+        except CheckpointError as err:
+            logger.warning("skipping model %s: %s", name, err)
+            continue
+        specs.append(ModelSpec(name, version, cfg["kind"], vdir, cfg))
+    return specs
+
+
+# ---------------------------------------------------------------------------- config
+@cache
+def config_schema() -> dict:
+    """The JSON Schema of config.json (``models/config.schema.json``)."""
+    text = resources.files(__package__).joinpath("config.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate_config(cfg: Any, source: str = "config.json") -> dict:
+    """Schema + cross-field validation; returns ``cfg`` or raises :class:`CheckpointError`."""
+    import jsonschema  # runtime dependency; imported lazily to keep `import rnnserve.models` light
+
+    validator = jsonschema.Draft202012Validator(config_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "<root>"
+        raise CheckpointError(f"{source}: invalid config at {where}: {err.message}")
+    arch, vocab = cfg["architecture"], cfg["vocab"]
+    if arch["vocab_size"] != len(vocab):
+        raise CheckpointError(
+            f"{source}: architecture.vocab_size is {arch['vocab_size']} "
+            f"but vocab has {len(vocab)} tokens"
+        )
+    try:
+        if cfg["kind"] == "charlm":
+            CharLMConfig(**arch)
+        else:
+            SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
+            tok = WordTokenizerConfig(**cfg["tokenizer"])
+            if tok.pad_index >= len(vocab):
+                raise ValueError(
+                    f"tokenizer.pad_index {tok.pad_index} outside vocab of {len(vocab)}"
+                )
+    except (TypeError, ValueError, re.error) as err:
+        raise CheckpointError(f"{source}: invalid config: {err}") from None
+    return cfg
+
+
+def read_config(version_dir: Path) -> dict:
+    """Read and validate ``<version_dir>/config.json`` (no tensor is touched).
+
+    If the config carries ``name``/``version`` they must match the directory names.
+    """
+    vdir = Path(version_dir).resolve()
+    path = vdir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    path = resolve_inside(vdir, path)
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, over the {MAX_CONFIG_BYTES} byte limit")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    validate_config(cfg, str(path))
+    if "name" in cfg and cfg["name"] != vdir.parent.name:
+        raise CheckpointError(
+            f"{path}: name {cfg['name']!r} does not match directory {vdir.parent.name!r}"
+        )
+    if "version" in cfg and _VERSION.match(vdir.name) and cfg["version"] != int(vdir.name):
+        raise CheckpointError(
+            f"{path}: version {cfg['version']} does not match directory {vdir.name!r}"
+        )
+    return cfg
+
+
+def build_module(cfg: dict) -> RNNModel | SentimentRNN:
+    """A freshly initialised module for a validated config."""
+    arch = cfg["architecture"]
+    if cfg["kind"] == "charlm":
+        return RNNModel.from_config(CharLMConfig(**arch))
+    return SentimentRNN.from_config(
+        SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
+    )
+
+
+def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape for a validated config (built on the meta device, no memory)."""
+    with torch.device("meta"):
+        module = build_module(cfg)
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- weights
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def read_state_dict(
+    path: Path, expected: dict[str, tuple[int, ...]], max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, torch.Tensor]:
+    """Load and check a weights file against ``expected`` shapes (weights_only, dense only)."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointError(f"{path}: {size} bytes, over the {max_bytes} byte limit")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused: holds pickled objects other than tensors "
+            f"(weights_only load): {first}"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        ImportError,
+    ) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable or truncated weights file: {first}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}"
+        )
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: non-string key {key!r}")
+        if type(value) not in (torch.Tensor, nn.Parameter):
+            raise CheckpointError(f"{path}: key {key!r} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided or value.is_quantized or value.is_nested:
+            raise CheckpointError(
+                f"{path}: key {key!r} is not a dense tensor (layout {value.layout})"
+            )
+        if not value.is_floating_point():
+            raise CheckpointError(
+                f"{path}: key {key!r} has dtype {value.dtype}, expected floating point"
+            )
+    missing = [k for k in expected if k not in obj]
+    if missing:
+        raise CheckpointError(
+            f"{path}: missing key {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    unexpected = [k for k in obj if k not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: unexpected key {unexpected[0]!r}"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
+    for key, shape in expected.items():
+        got = tuple(obj[key].shape)
+        if got != shape:
+            raise CheckpointError(
+                f"{path}: key {key!r} has shape {_fmt(got)}, config expects {_fmt(shape)}"
+            )
+    return obj
+
+
+def load_model(
+    version_dir: Path,
+    device: str | torch.device = "cpu",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    repo: Path | None = None,
+) -> LoadedModel:
+    """Load a version directory into a :class:`LoadedModel` (see module docstring for the checks).
+
+    If ``repo`` is given, ``version_dir`` must resolve inside it.
+    """
+    vdir = (
+        resolve_inside(Path(repo), Path(version_dir))
+        if repo is not None
+        else Path(version_dir).resolve()
+    )
+    if not vdir.is_dir():
+        raise CheckpointError(f"{version_dir}: not a directory")
+    cfg = read_config(vdir)
+    weights = vdir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    weights = resolve_inside(vdir, weights)
+    expected = expected_shapes(cfg)
+    expected_bytes = sum(4 * _numel(s) for s in expected.values())
+    if expected_bytes > max_bytes:
+        raise CheckpointError(
+            f"{vdir / CONFIG_FILE}: architecture needs {expected_bytes} bytes of "
+            f"weights, over the {max_bytes} byte limit"
+        )
+    state = read_state_dict(weights, expected, max_bytes)
+    module = build_module(cfg)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # pragma: no cover - keys and shapes were checked above
+        raise CheckpointError(f"{weights}: {err}") from None
+    dev = torch.device(device)
+    module = module.to(dev).eval()
+    vocab = Vocab(cfg["vocab"])
+    name = cfg.get("name", vdir.parent.name)
+    version = cfg.get("version", int(vdir.name) if _VERSION.match(vdir.name) else 0)
+    if cfg["kind"] == "charlm":
+        normalization = cfg.get("text", {}).get("normalization", "none")
+        tokenizer, labels = None, []
+    else:
+        normalization = None
+        tokenizer = WordTokenizer(WordTokenizerConfig(**cfg["tokenizer"]))
+        labels = list(cfg.get("labels", DEFAULT_LABELS))
+    logger.info("loaded %s/%s (%s) from %s on %s", name, version, cfg["kind"], vdir, dev)
+    return LoadedModel(
+        name=name,
+        version=version,
+        kind=cfg["kind"],
+        config=cfg,
+        vocab=vocab,
+        module=module,
+        normalization=normalization,
+        tokenizer=tokenizer,
+        labels=labels,
+        device=dev,
+        path=vdir,
+        num_parameters=sum(p.numel() for p in module.parameters()),
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def save_model(out_dir: Path, module: nn.Module, config: dict) -> None:
+    """Write ``config.json`` + ``model.pt`` (plain CPU state_dict) in ``out_dir``, each atomically.
+
+    The config is validated and the state_dict checked against it before anything is written.
+    """
+    out = Path(out_dir)
+    validate_config(config, str(out / CONFIG_FILE))
+    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in module.state_dict().items()}
+    expected = expected_shapes(config)
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        diff = sorted(set(got.items()) ^ set(expected.items()))
+        raise CheckpointError(f"{out / WEIGHTS_FILE}: module does not match config: {diff[:3]}")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    _atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode("utf-8")))
+    logger.info("saved %s and %s in %s", CONFIG_FILE, WEIGHTS_FILE, out)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,128 @@
+"""Sentiment classifier: the ``SentimentRNN`` of seed 001.
+
+embedding -> LSTM (batch_first, ``no_layers``, optionally bidirectional) -> additive attention
+pooling over time (``Linear, Tanh, Linear`` then softmax) -> dropout -> ``fc`` -> sigmoid.
+Parameter names are the seed's (``embedding.weight``, ``lstm.*``, ``attention.0.*``,
+``attention.2.*``, ``fc.*``), so a seed ``state_dict`` loads with ``strict=True``; ``forward``
+and ``init_hidden`` behave exactly as in the seed. ``score`` adds the serving view: P(positive)
+and the attention weight of every position (for ``explain``). Inputs are always padded or
+truncated to the config's fixed ``seq_length``, so a text's score never depends on its batch
+mates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SentimentConfig:
+    """Architecture of a SentimentRNN (config.json ``"architecture"``, plus ``"type"``)."""
+
+    vocab_size: int
+    embedding_dim: int
+    hidden_dim: int
+    no_layers: int
+    output_dim: int = 1
+    drop_prob: float = 0.5
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.embedding_dim, self.hidden_dim, self.no_layers) < 1:
+            raise ValueError("vocab_size, embedding_dim, hidden_dim and no_layers must be >= 1")
+        if self.output_dim != 1:
+            raise ValueError("only output_dim=1 (a sigmoid score) is supported")
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise ValueError("drop_prob must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return {"type": "sentiment_rnn", **asdict(self)}
+
+
+class SentimentRNN(nn.Module):
+    """Seed 001's LSTM sentiment classifier with attention pooling."""
+
+    def __init__(
+        self,
+        no_layers: int,
+        vocab_size: int,
+        hidden_dim: int,
+        embedding_dim: int,
+        output_dim: int,
+        drop_prob: float = 0.5,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.no_layers = no_layers
+        self.bidirectional = bidirectional
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(
+            input_size=embedding_dim,
+            hidden_size=hidden_dim,
+            num_layers=no_layers,
+            batch_first=True,
+            dropout=drop_prob if no_layers > 1 else 0,
+            bidirectional=bidirectional,
+        )
+        lstm_output_dim = hidden_dim * 2 if bidirectional else hidden_dim
+        self.attention = nn.Sequential(
+            nn.Linear(lstm_output_dim, lstm_output_dim),
+            nn.Tanh(),
+            nn.Linear(lstm_output_dim, 1),
+        )
+        self.dropout = nn.Dropout(drop_prob)
+        self.fc = nn.Linear(lstm_output_dim, output_dim)
+        self.sig = nn.Sigmoid()
+
+    @classmethod
+    def from_config(cls, cfg: SentimentConfig) -> SentimentRNN:
+        return cls(
+            cfg.no_layers,
+            cfg.vocab_size,
+            cfg.hidden_dim,
+            cfg.embedding_dim,
+            cfg.output_dim,
+            cfg.drop_prob,
+            cfg.bidirectional,
+        )
+
+    def _run(self, x: Tensor, hidden: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple, Tensor]:
+        if hidden is None:
+            hidden = self.init_hidden(x.size(0))
+        embeds = self.dropout(self.embedding(x))  # (B, S, E)
+        lstm_out, hidden = self.lstm(embeds, hidden)  # (B, S, D*H)
+        weights = torch.softmax(self.attention(lstm_out), dim=1)  # (B, S, 1)
+        context = torch.sum(weights * lstm_out, dim=1)  # (B, D*H)
+        out = self.fc(self.dropout(context))  # (B, 1)
+        return self.sig(out), hidden, weights.squeeze(-1)
+
+    def forward(
+        self, x: Tensor, hidden: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple]:
+        sig_out, hidden, _ = self._run(x, hidden)
+        return sig_out, hidden
+
+    def init_hidden(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        device = next(self.parameters()).device
+        num_directions = 2 if self.bidirectional else 1
+        h0 = torch.zeros(self.no_layers * num_directions, batch_size, self.hidden_dim).to(device)
+        c0 = torch.zeros(self.no_layers * num_directions, batch_size, self.hidden_dim).to(device)
+        return h0, c0
+
+    @torch.no_grad()
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval-mode P(positive) ``(B,)`` and attention weights ``(B, S)`` for ids ``x (B, S)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            probs, _, weights = self._run(x, None)
+        finally:
+            self.train(was_training)
+        return probs[:, 0], weights
