@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from rnnserve.server.app import RnnServer, build_server
 from rnnserve.server.settings import ServerSettings
 
