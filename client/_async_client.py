@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
-from rnnserve.v1 import classification_pb2_grpc, generation_pb2_grpc, models_pb2_grpc
 
 from . import _convert
 from ._channel import (
@@ -18,6 +17,7 @@ from ._channel import (
     DEFAULT_TIMEOUT,
     CallSettings,
     Metadata,
+    Stubs,
     aio_channel,
 )
 from ._exceptions import translate_errors
@@ -29,7 +29,8 @@ class AsyncClient:
     """Asyncio rnnserve client over one ``grpc.aio`` channel; use it with ``async with``.
 
     Same arguments and methods as :class:`~rnnserve.client.Client`, as coroutines
-    (``stream`` is an async iterator). Create it inside the event loop that will use it.
+    (``stream`` is an async iterator). The channel opens on the first call, in the
+    event loop that makes it; use one client from one loop.
     """
 
     def __init__(
@@ -43,11 +44,17 @@ class AsyncClient:
     ) -> None:
         self.target = target
         self._settings = CallSettings.build(timeout, metadata)
-        self._channel = aio_channel(target, credentials, retries)
-        self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
-        self._classification = classification_pb2_grpc.ClassificationServiceStub(self._channel)
-        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._open_channel = functools.partial(aio_channel, target, credentials, retries)
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: Stubs | None = None
+
+    @property
+    def _rpc(self) -> Stubs:
+        """The stubs; the channel opens on first use, so it binds to the loop that uses it."""
+        if self._stubs is None:
+            self._channel = self._open_channel()
+            self._stubs = Stubs(self._channel)
+        return self._stubs
 
     # ------------------------------------------------------------------ the one boundary
 
@@ -98,7 +105,7 @@ class AsyncClient:
             session_id=session_id,
             keep_session=keep_session,
         )
-        response = await self._unary(self._generation.Generate, request, timeout)
+        response = await self._unary(self._rpc.generation.Generate, request, timeout)
         return _convert.generation_from_pb(response)
 
     async def stream(
@@ -129,7 +136,7 @@ class AsyncClient:
             session_id=session_id,
             keep_session=keep_session,
         )
-        messages = self._server_stream(self._generation.GenerateStream, request, timeout)
+        messages = self._server_stream(self._rpc.generation.GenerateStream, request, timeout)
         async with contextlib.aclosing(messages):  # cancel the call as soon as we stop
             async for message in messages:
                 yield _convert.chunk_from_pb(message)
@@ -137,7 +144,7 @@ class AsyncClient:
     async def end_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """See :meth:`Client.end_session <rnnserve.client.Client.end_session>`."""
         request = _convert.end_session_request(session_id)
-        response = await self._unary(self._generation.EndSession, request, timeout)
+        response = await self._unary(self._rpc.generation.EndSession, request, timeout)
         return _convert.total_tokens_from_pb(response)
 
     def session(self, model: str = "", *, session_id: str = "", **decoding: Any) -> AsyncSession:
@@ -156,7 +163,7 @@ class AsyncClient:
     ) -> list[Classification]:
         """See :meth:`Client.classify <rnnserve.client.Client.classify>`."""
         request = _convert.classify_request(texts, model=model, explain=explain)
-        response = await self._unary(self._classification.Classify, request, timeout)
+        response = await self._unary(self._rpc.classification.Classify, request, timeout)
         return _convert.classifications_from_pb(response)
 
     # ---------------------------------------------------------------------------- models
@@ -164,26 +171,27 @@ class AsyncClient:
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server knows about, ready or not."""
         request = _convert.list_models_request()
-        response = await self._unary(self._models.ListModels, request, timeout)
+        response = await self._unary(self._rpc.models.ListModels, request, timeout)
         return _convert.models_from_pb(response)
 
     async def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """One model by name; unknown name: NotFoundError."""
         request = _convert.get_model_request(name)
-        response = await self._unary(self._models.GetModel, request, timeout)
+        response = await self._unary(self._rpc.models.GetModel, request, timeout)
         return _convert.get_model_from_pb(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The ``grpc.health.v1`` status, e.g. ``"SERVING"`` (``""``: the whole server)."""
         request = _convert.health_request(service)
-        response = await self._unary(self._health.Check, request, timeout)
+        response = await self._unary(self._rpc.health.Check, request, timeout)
         return _convert.health_from_pb(response)
 
     # ------------------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
         """Close the channel; in-flight calls are cancelled."""
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import rnnserve
+from grpc_health.v1 import health_pb2_grpc
+from rnnserve.v1 import classification_pb2_grpc, generation_pb2_grpc, models_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -80,6 +82,16 @@ def aio_channel(
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+class Stubs:
+    """The generated stubs of every service the client calls, over one channel."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        self.generation = generation_pb2_grpc.GenerationServiceStub(channel)
+        self.classification = classification_pb2_grpc.ClassificationServiceStub(channel)
+        self.models = models_pb2_grpc.ModelServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
-from rnnserve.v1 import classification_pb2_grpc, generation_pb2_grpc, models_pb2_grpc
 
 from . import _convert
 from ._channel import (
@@ -17,6 +15,7 @@ from ._channel import (
     DEFAULT_TIMEOUT,
     CallSettings,
     Metadata,
+    Stubs,
     sync_channel,
 )
 from ._exceptions import translate_errors
@@ -51,10 +50,7 @@ class Client:
         self.target = target
         self._settings = CallSettings.build(timeout, metadata)
         self._channel = sync_channel(target, credentials, retries)
-        self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
-        self._classification = classification_pb2_grpc.ClassificationServiceStub(self._channel)
-        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._rpc = Stubs(self._channel)
 
     # ------------------------------------------------------------------ the one boundary
 
@@ -108,7 +104,7 @@ class Client:
             session_id=session_id,
             keep_session=keep_session,
         )
-        response = self._unary(self._generation.Generate, request, timeout)
+        response = self._unary(self._rpc.generation.Generate, request, timeout)
         return _convert.generation_from_pb(response)
 
     def stream(
@@ -143,13 +139,13 @@ class Client:
             session_id=session_id,
             keep_session=keep_session,
         )
-        for message in self._server_stream(self._generation.GenerateStream, request, timeout):
+        for message in self._server_stream(self._rpc.generation.GenerateStream, request, timeout):
             yield _convert.chunk_from_pb(message)
 
     def end_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Drop a session; returns the characters it had seen. Unknown id: NotFoundError."""
         request = _convert.end_session_request(session_id)
-        response = self._unary(self._generation.EndSession, request, timeout)
+        response = self._unary(self._rpc.generation.EndSession, request, timeout)
         return _convert.total_tokens_from_pb(response)
 
     def session(self, model: str = "", *, session_id: str = "", **decoding: Any) -> Session:
@@ -172,24 +168,24 @@ class Client:
     ) -> list[Classification]:
         """Classify one text or many in one call; ``explain`` adds per-token weights."""
         request = _convert.classify_request(texts, model=model, explain=explain)
-        response = self._unary(self._classification.Classify, request, timeout)
+        response = self._unary(self._rpc.classification.Classify, request, timeout)
         return _convert.classifications_from_pb(response)
 
     # ---------------------------------------------------------------------------- models
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server knows about, ready or not."""
-        response = self._unary(self._models.ListModels, _convert.list_models_request(), timeout)
+        response = self._unary(self._rpc.models.ListModels, _convert.list_models_request(), timeout)
         return _convert.models_from_pb(response)
 
     def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """One model by name; unknown name: NotFoundError."""
-        response = self._unary(self._models.GetModel, _convert.get_model_request(name), timeout)
+        response = self._unary(self._rpc.models.GetModel, _convert.get_model_request(name), timeout)
         return _convert.get_model_from_pb(response)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The ``grpc.health.v1`` status, e.g. ``"SERVING"`` (``""``: the whole server)."""
-        response = self._unary(self._health.Check, _convert.health_request(service), timeout)
+        response = self._unary(self._rpc.health.Check, _convert.health_request(service), timeout)
         return _convert.health_from_pb(response)
 
     # ------------------------------------------------------------------------- lifecycle

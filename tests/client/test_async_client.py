@@ -114,3 +114,13 @@ async def test_no_retries(fake):
 async def test_calls_run_concurrently_on_one_channel(aclient, fake):
     results = await asyncio.gather(*(aclient.generate(f"p{i}", max_tokens=i + 1) for i in range(8)))
     assert [len(r.text) for r in results] == list(range(1, 9))
+
+
+def test_client_made_outside_the_loop_that_uses_it(fake):
+    client = AsyncClient(fake.target)
+
+    async def use():
+        async with client:
+            return await client.health(), [c.text async for c in client.stream("a")]
+
+    assert asyncio.run(use()) == ("SERVING", ["the ", "time", " m"])
