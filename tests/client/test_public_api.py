@@ -72,3 +72,17 @@ def test_errors_can_be_raised_directly_and_pickled():
     assert str(error) == "NOT_FOUND: session_id: gone"
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is api.NotFoundError and again.details == "session_id: gone"
+
+
+def test_the_client_is_thin():
+    """Importing the client (and its CLI) pulls in neither torch nor the server."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rnnserve.client, rnnserve.client.cli; "
+        "heavy = [m for m in ('torch', 'numpy', 'rnnserve.server', 'rnnserve.models') "
+        "if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
