@@ -19,6 +19,7 @@ from ._channel import (
     Metadata,
     Stubs,
     aio_channel,
+    channel_options,
 )
 from ._exceptions import translate_errors
 from ._session import AsyncSession
@@ -44,7 +45,8 @@ class AsyncClient:
     ) -> None:
         self.target = target
         self._settings = CallSettings.build(timeout, metadata)
-        self._open_channel = functools.partial(aio_channel, target, credentials, retries)
+        options = channel_options(retries)  # validates now, though the channel opens later
+        self._open_channel = functools.partial(aio_channel, target, credentials, options)
         self._channel: grpc.aio.Channel | None = None
         self._stubs: Stubs | None = None
 

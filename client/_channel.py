@@ -65,20 +65,18 @@ def channel_options(retries: int) -> list[tuple[str, Any]]:
 
 
 def sync_channel(
-    target: str, credentials: grpc.ChannelCredentials | None, retries: int
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
 ) -> grpc.Channel:
     """Open a blocking channel (TLS when ``credentials`` is given)."""
-    options = channel_options(retries)
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, credentials, options=options)
 
 
 def aio_channel(
-    target: str, credentials: grpc.ChannelCredentials | None, retries: int
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
 ) -> grpc.aio.Channel:
     """Open an asyncio channel (TLS when ``credentials`` is given)."""
-    options = channel_options(retries)
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, credentials, options=options)

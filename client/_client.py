@@ -16,6 +16,7 @@ from ._channel import (
     CallSettings,
     Metadata,
     Stubs,
+    channel_options,
     sync_channel,
 )
 from ._exceptions import translate_errors
@@ -49,7 +50,7 @@ class Client:
     ) -> None:
         self.target = target
         self._settings = CallSettings.build(timeout, metadata)
-        self._channel = sync_channel(target, credentials, retries)
+        self._channel = sync_channel(target, credentials, channel_options(retries))
         self._rpc = Stubs(self._channel)
 
     # ------------------------------------------------------------------ the one boundary

@@ -57,3 +57,14 @@ def test_call_settings():
     assert _channel.CallSettings.build(1.0, None).kwargs()["metadata"] is None
     with pytest.raises(ValueError, match="timeout"):
         _channel.CallSettings.build(0, None)
+
+
+@pytest.mark.parametrize("client_class", ["Client", "AsyncClient"])
+def test_clients_reject_bad_settings_at_once(client_class):
+    import rnnserve.client
+
+    cls = getattr(rnnserve.client, client_class)
+    with pytest.raises(ValueError, match="retries"):
+        cls("127.0.0.1:1", retries=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        cls("127.0.0.1:1", timeout=-1)
