@@ -25,7 +25,7 @@ TIMEMACHINE_DIR = Path(__file__).resolve().parents[2] / "model_repository" / "ti
 class RNNModel(nn.Module):
     """循环神经网络模型"""
     def __init__(self, rnn_layer, vocab_size, **kwargs):
-        super(RNNModel, self).__init__(**kwargs)
+        super(RNNModel, self).__init__(**kwargs)  # noqa: UP008 - verbatim
         self.rnn = rnn_layer
         self.vocab_size = vocab_size
         self.num_hiddens = self.rnn.hidden_size
