@@ -19,6 +19,7 @@ from rnnserve.server.errors import (
     SessionGoneReason,
     SessionNotFoundError,
 )
+from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.registry import CHARLM, ModelEntry, ModelRegistry
 from rnnserve.server.requests import GenerateParams, GenerationChunk
@@ -80,6 +81,7 @@ class Generator:
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
+        version = entry.version  # a hot reload may swap the entry's version mid-stream
         completed = False
         try:
             while True:
@@ -88,7 +90,7 @@ class Generator:
                 yield GenerationChunk(
                     text=piece, session_id=session_id, finish_reason=job.finish if done else None,
                     prefix_tokens=len(ids), generated_tokens=generated,
-                    model=entry.name, model_version=entry.version,
+                    model=entry.name, model_version=version,
                 )
                 if done:
                     completed = True
@@ -117,7 +119,7 @@ class Generator:
             return entry, session, False
         entry = self._registry.ready(params.model, CHARLM)
         if params.keep_session:
-            return entry, self._sessions.open(entry.name, entry.version), True
+            return entry, self._sessions.open(entry.name, entry.version, current_client()), True
         return entry, None, False
 
     def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,

@@ -46,6 +46,7 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
+    owner: str = ""  # client identity (bearer token hash) when auth is on
 
     @property
     def state_bytes(self) -> int:
@@ -63,6 +64,7 @@ class SessionStore:
         max_sessions: int,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        max_per_owner: int = 0,
     ) -> None:
         self._ttl = ttl_s
         self._cap = max_sessions
@@ -71,14 +73,22 @@ class SessionStore:
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
         self._gone: OrderedDict[str, SessionGoneReason] = OrderedDict()
         self._bytes: dict[str, int] = {}
+        self._max_per_owner = max_per_owner  # 0 = no per-client cap
+        self._owned: dict[str, int] = {}
         metrics.set_session_age_functions(self.oldest_age, self.max_idle)
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def open(self, model: str, version: int) -> Session:
+    def open(self, model: str, version: int, owner: str = "") -> Session:
         """Create a new, busy session (its first request is running) and return it."""
+        if owner and self._max_per_owner and self._owned.get(owner, 0) >= self._max_per_owner:
+            self._metrics.rejected.labels(model, "sessions_per_client").inc()
+            raise ResourceExhaustedError(
+                f"keep_session: this client holds its maximum of {self._max_per_owner} "
+                "sessions; end one (EndSession) or retry later"
+            )
         while len(self._sessions) >= self._cap:
             if not self._evict_one():
                 self._metrics.rejected.labels(model, "sessions").inc()
@@ -89,9 +99,11 @@ class SessionStore:
         now = self._clock()
         session = Session(
             id=secrets.token_urlsafe(18), model=model, version=version,
-            created_at=now, last_used=now, busy=True,
+            created_at=now, last_used=now, busy=True, owner=owner,
         )
         self._sessions[session.id] = session
+        if owner:
+            self._owned[owner] = self._owned.get(owner, 0) + 1
         self._metrics.sessions_active.labels(model).inc()
         return session
 
@@ -115,6 +127,8 @@ class SessionStore:
         """End a request on the session, storing its new state (None keeps the old one)."""
         session.busy = False
         session.last_used = self._clock()
+        if session.id not in self._sessions:  # removed while busy (e.g. its version unloaded)
+            return
         if state is not None and pending is not None:
             session.state, session.pending = state, pending
             session.total_tokens += added_tokens
@@ -127,6 +141,7 @@ class SessionStore:
         if self._sessions.pop(session.id, None) is not None:
             self._metrics.sessions_active.labels(session.model).dec()
             self._unaccount(session)
+            self._disown(session)
 
     def end(self, session_id: str) -> Session:
         """EndSession: remove and return the session (NOT_FOUND if gone, ABORTED if busy)."""
@@ -180,9 +195,18 @@ class SessionStore:
         m.sessions_removed.labels(session.model, reason.value).inc()
         m.session_lifetime.labels(reason.value).observe(self._clock() - session.created_at)
         self._unaccount(session)
+        self._disown(session)
         logger.debug("session %s removed: %s", session.id, reason.value)
 
     # --- accounting ----------------------------------------------------------------------------
+    def _disown(self, session: Session) -> None:
+        if session.owner:
+            left = self._owned.get(session.owner, 0) - 1
+            if left > 0:
+                self._owned[session.owner] = left
+            else:
+                self._owned.pop(session.owner, None)
+
     def _account(self, session: Session) -> None:
         new = session.state_bytes
         old = self._bytes.get(session.id, 0)
