@@ -42,6 +42,7 @@ class ClassificationBatcher:
         self._max_wait = max_wait_ms / 1000.0
         self._max_queued = max_queued
         self._queue: list[tuple[list[int], asyncio.Future[Scored]]] = []
+        self._unanswered = 0  # texts submitted whose request has not returned yet
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._m_queue = metrics.queue_depth.labels(name, "classification")
@@ -80,12 +81,20 @@ class ClassificationBatcher:
         self._queue.extend(zip(rows, futures, strict=True))
         self._m_queue.set(len(self._queue))
         self._wake.set()
+        self._unanswered += len(rows)
         try:
             return list(await asyncio.gather(*futures))
         except asyncio.CancelledError:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            self._unanswered -= len(rows)
+
+    @property
+    def in_flight(self) -> int:
+        """Texts whose request is still waiting (a version swap drains these before stopping)."""
+        return self._unanswered
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
