@@ -31,3 +31,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+.PHONY: deploy-check
+# The deployment proofs alone (tests/deploy/): compose config, promtool, a live Prometheus
+# scraping a test server, the Grafana dashboard, the Dockerfile, buf lint/breaking.
+# Needs docker-compose, prometheus (apt) and buf (npm); see docs/deploy.md.
+deploy-check: setup
+	test -x node_modules/.bin/buf || npm install --no-save --no-audit --no-fund
+	$(BIN)/python -m pytest -q tests/deploy
