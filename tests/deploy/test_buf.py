@@ -1,7 +1,7 @@
 """buf on the protobuf API: lint (buf's STANDARD rules) and breaking-change detection.
 
-buf is the pinned @bufbuild/buf of package-lock.json (`npm install --no-save`). Which git ref `buf breaking`
-compares against (``against_ref``), first that exists:
+buf is the pinned @bufbuild/buf of package-lock.json (``npm install --no-save``). Which git ref
+``buf breaking`` compares against (``against_ref``), first that exists:
 
 1. ``$BUF_AGAINST`` (any git ref: set it in CI for a pull request's base branch);
 2. the newest release tag ``v*``: once a version is released, its API is the promise;
