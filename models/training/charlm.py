@@ -122,6 +122,7 @@ def train_charlm(
     show_progress: bool = True,
 ) -> CharLMTrainResult:
     """Train on a normalised corpus (see module docstring); returns the best model and metrics."""
+    torch.manual_seed(cfg.seed)  # weight init and dropout masks
     device = torch.device(device)
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
     vocab = Vocab.build(corpus)
@@ -168,7 +169,7 @@ def train_charlm(
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
             optimizer.step()
-            total += float(loss) * y.numel()
+            total += loss.item() * y.numel()
             count += y.numel()
         train_loss = total / count
         val_loss = evaluate(net, val_ids, device)

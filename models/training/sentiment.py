@@ -42,7 +42,7 @@ class SentimentTrainConfig:
     no_layers: int = 1
     bidirectional: bool = True
     drop_prob: float = 0.5
-    seq_length: int = 64
+    seq_length: int = 50
     padding: str = "pre"
     min_freq: int = 2
     max_vocab: int = 20000
@@ -128,6 +128,7 @@ def train_sentiment(
     show_progress: bool = True,
 ) -> SentimentTrainResult:
     """Train on labelled sentences (see module docstring); returns the best model and metrics."""
+    torch.manual_seed(cfg.seed)  # weight init and dropout masks
     device = torch.device(device)
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
     tr, va, te = stratified_split(labels, cfg.test_fraction, cfg.val_fraction, gen)
@@ -190,7 +191,7 @@ def train_sentiment(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             correct += int(((p.detach() > 0.5).float() == yb).sum())
         val_loss, val_acc = evaluate(model, xs["val"], ys["val"], device)
         monitored = val_loss if cfg.monitor == "loss" else val_acc
