@@ -1,0 +1,96 @@
+"""The engine limit: tokens/s of the model's greedy ``step`` with no RPC, and seed 000's loop.
+
+Run in its own process (``python -m bench.engine_limit``) so that torch's thread count is the
+server's and nothing else shares the interpreter; prints one JSON object.
+
+- ``step`` at batch B: ``logits, state = net.step(tokens, state); tokens = logits.argmax(1)``
+  in a loop, B sequences advancing together: what the engine could do with zero overhead.
+- ``predict_ch8``: seed 000's function, verbatim (``nn`` module forward one step at a time,
+  batch 1), on the same checkpoint; timed under ``torch.no_grad()`` (the stricter baseline) and
+  as d2l calls it (autograd on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from rnnserve.models.checkpoint import load_model
+
+PREFIX = "time traveller"
+
+
+def predict_ch8(prefix, num_preds, net, vocab, device):  # noqa: ANN001 - seed 000, verbatim
+    """在prefix后面生成新字符"""
+    state = net.begin_state(batch_size=1, device=device)
+    outputs = [vocab[prefix[0]]]
+    get_input = lambda: torch.tensor([outputs[-1]], device=device).reshape((1, 1))  # noqa: E731
+    for y in prefix[1:]:  # 预热期
+        _, state = net(get_input(), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):  # 预测num_preds步
+        y, state = net(get_input(), state)
+        outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return ''.join([vocab.idx_to_token[i] for i in outputs])
+
+
+def step_tokens_per_s(net: torch.nn.Module, batch: int, duration: float) -> float:
+    state = net.zero_state(batch)
+    tokens = torch.zeros(batch, dtype=torch.long)
+    with torch.inference_mode():
+        for _ in range(20):  # warm-up
+            logits, state = net.step(tokens, state)
+            tokens = logits.argmax(1)
+        steps, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < duration:
+            for _ in range(10):
+                logits, state = net.step(tokens, state)
+                tokens = logits.argmax(1)
+            steps += 10
+    return steps * batch / elapsed
+
+
+def predict_ch8_tokens_per_s(net: torch.nn.Module, vocab: object, duration: float,
+                             no_grad: bool) -> float:
+    n = 200
+    with torch.set_grad_enabled(not no_grad):
+        predict_ch8(PREFIX, 20, net, vocab, "cpu")  # warm-up
+        calls, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < duration:
+            predict_ch8(PREFIX, n, net, vocab, "cpu")
+            calls += 1
+    # the warm-up of each call (len(PREFIX) - 1 forwards) is counted against it
+    return calls * n / elapsed
+
+
+def measure(model_dir: Path, threads: int, duration: float, batches: list[int]) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(model_dir, "cpu")
+    net, vocab = loaded.module, loaded.vocab
+    out: dict = {"model": f"{loaded.name}/{loaded.version}", "torch_threads": torch.get_num_threads(),
+                 "step_tokens_per_s": {}}
+    for b in batches:
+        out["step_tokens_per_s"][str(b)] = step_tokens_per_s(net, b, duration)
+    out["predict_ch8_tokens_per_s"] = predict_ch8_tokens_per_s(net, vocab, duration, True)
+    out["predict_ch8_autograd_tokens_per_s"] = predict_ch8_tokens_per_s(net, vocab, duration / 2,
+                                                                        False)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--duration", type=float, default=2.0)
+    p.add_argument("--batches", default="1,16,64")
+    a = p.parse_args()
+    batches = [int(b) for b in a.batches.split(",")]
+    print(json.dumps(measure(a.model_dir, a.threads, a.duration, batches)))
+
+
+if __name__ == "__main__":
+    main()

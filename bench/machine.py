@@ -1,0 +1,47 @@
+"""What the numbers were taken on: CPU, cores, torch threads, load average, date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def describe() -> dict:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in load_average()],
+    }
