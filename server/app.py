@@ -1,4 +1,8 @@
-"""The composition root: settings → metrics → registry, sessions → serving logic → gRPC server."""
+"""The composition root: settings → metrics → registry, sessions → serving logic → gRPC server.
+
+Security wiring lives here too: TLS credentials (``rpc/tls.py``), the auth and default-deadline
+interceptors (``rpc/interceptors.py``), and the AdminService, registered only when enabled.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +19,19 @@ from rnnserve.server.classification import Classifier
 from rnnserve.server.generation import Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
+from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.servicers import (
+    AdminServicer,
     ClassificationServicer,
     GenerationServicer,
     ModelServicer,
 )
+from rnnserve.server.rpc.tls import server_credentials
 from rnnserve.server.sessions import SessionStore
 from rnnserve.server.settings import ServerSettings
 from rnnserve.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     classification_pb2,
     classification_pb2_grpc,
     generation_pb2,
@@ -38,6 +47,7 @@ CLASSIFICATION_SERVICE = (
     classification_pb2.DESCRIPTOR.services_by_name["ClassificationService"].full_name
 )
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -48,8 +58,10 @@ class RnnServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = ModelRegistry(settings, self.metrics)
-        self.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, self.metrics)
+        self.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, self.metrics,
+                                     max_per_owner=settings.max_sessions_per_client)
+        self.registry = ModelRegistry(settings, self.metrics, on_change=self._models_changed,
+                                      on_retire=self.sessions.drop_model_version)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
         self.health = HealthServicer()
@@ -59,6 +71,9 @@ class RnnServer:
         )
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self.secure = settings.tls_cert_file is not None
 
     @property
     def metrics_port(self) -> int:
@@ -75,9 +90,11 @@ class RnnServer:
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
-        server = grpc.aio.server(options=[
+        credentials = server_credentials(s)
+        server = grpc.aio.server(interceptors=build_interceptors(s), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_concurrent_streams", s.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
         ])
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
@@ -86,24 +103,51 @@ class RnnServer:
             ClassificationServicer(self.classifier, self.registry, self.metrics), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
+        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE]
+        if s.admin_enabled:
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(
+                AdminServicer(self.registry, self.metrics), server)
+            services.append(ADMIN_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if credentials is not None:
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
             await self.health.set(service, NOT_SERVING)
         await server.start()
         self._server = server
         if s.metrics_port >= 0:
             self._metrics_http.start()
-        logger.info("gRPC on %s:%d", s.host, self.port)
+        logger.info("gRPC on %s:%d (%s)", s.host, self.port,
+                    "mutual TLS" if s.tls_client_ca_file else "TLS" if self.secure else "plaintext")
         await self.registry.load_all()
         await self._update_health()
         self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
+        if s.model_repository_poll_s > 0:
+            self._poller = asyncio.create_task(self._poll(), name="repository-poller")
+
+    def _models_changed(self) -> None:
+        """Registry callback: refresh health once the current event-loop turn is over."""
+        if self._server is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._update_health())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_repository_poll_s)
+            try:
+                await self.registry.poll()
+            except Exception:  # noqa: BLE001 - a bad poll must not end polling
+                logger.exception("polling the model repository failed")
 
     async def _update_health(self) -> None:
         entries = self.registry.entries()
@@ -127,13 +171,16 @@ class RnnServer:
         """Drain: health NOT_SERVING, refuse new calls, let in-flight ones finish within grace."""
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.cancel()  # no version swaps while draining
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._poller, *self._health_updates):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.registry.stop()
         self._metrics_http.stop()
 

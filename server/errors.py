@@ -9,6 +9,7 @@
     ├── SessionBusyError            the session is serving another request
     ├── ResourceExhaustedError      an admission limit is reached
     ├── ModelNotReadyError          the model is loading or failed to load
+    ├── ModelLoadError              an admin load/reload was refused (the old version serves on)
     └── CancelledError              the client went away or the deadline passed
 
 Nothing outside this tree reaches a client with its message: any other exception becomes INTERNAL
@@ -93,6 +94,14 @@ class ModelNotReadyError(RnnserveError):
     def __init__(self, name: str, state: str, detail: str = "") -> None:
         extra = f": {detail}" if detail else ""
         super().__init__(f"model {name!r} is not ready ({state}){extra}")
+
+
+class ModelLoadError(RnnserveError):
+    """A model version could not be loaded; whatever served before still serves."""
+
+    def __init__(self, name: str, version: int, reason: str, serving: int = 0) -> None:
+        still = f"; version {serving} keeps serving" if serving else ""
+        super().__init__(f"model {name!r} version {version} was refused: {reason}{still}")
 
 
 class CancelledError(RnnserveError):

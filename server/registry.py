@@ -1,8 +1,16 @@
 """The model registry: loading, versions, device placement, readiness, and one engine per model.
 
-At start every model directory of the repository is loaded (its highest version unless pinned)
-onto the configured device. A model that fails to load is kept as FAILED with its reason, shown
-by ListModels, the log and the health of its service, and never stops the others.
+At start every model directory of the repository is loaded (its highest version) onto the
+configured device. A model that fails to load is kept as FAILED with its reason, shown by
+ListModels, the log and the health of its service, and never stops the others.
+
+Versions change while serving (admin LoadModel/UnloadModel/ReloadModel, or polling the
+repository): the new version is loaded and its engine started *beside* the old one, then the
+entry is switched in one step (no await in between, so every request sees one version or the
+other), the old version's sessions are dropped (they answer NOT_FOUND "no longer loaded"), and
+the old engine is drained (in-flight work finishes, up to ``reload_drain_s``) before it stops.
+A version that fails to load leaves the old one serving; the refusal is logged, kept in the
+entry's ``error`` and not retried until its files change.
 """
 
 from __future__ import annotations
@@ -17,17 +25,22 @@ from pathlib import Path
 
 import torch
 from rnnserve.models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
     CheckpointError,
     LoadedModel,
     list_model_dirs,
     load_model,
+    resolve_inside,
     select_version,
+    validate_name,
     version_dir,
 )
 from rnnserve.server.batcher import ClassificationBatcher
 from rnnserve.server.engine import GenerationEngine
 from rnnserve.server.errors import (
     InvalidArgumentError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     NoDefaultModelError,
@@ -40,7 +53,9 @@ logger = logging.getLogger(__name__)
 
 CHARLM = "charlm"
 CLASSIFIER = "classifier"
-MAX_MODEL_BYTES = 512 * 2**20
+DRAIN_POLL_S = 0.02
+
+Runner = GenerationEngine | ClassificationBatcher
 
 
 class ModelState(StrEnum):
@@ -51,17 +66,32 @@ class ModelState(StrEnum):
 
 @dataclass(eq=False)
 class ModelEntry:
-    """A model of the repository and how it stands."""
+    """A model of the repository and how it stands (the version it serves now)."""
 
     name: str
     state: ModelState = ModelState.LOADING
     version: int = 0
     kind: str = ""
-    error: str = ""
+    error: str = ""  # why loading failed, or why a newer version was refused while this serves
     device: str = ""
     loaded: LoadedModel | None = None
     engine: GenerationEngine | None = None
     batcher: ClassificationBatcher | None = None
+    pinned: bool = False  # an admin LoadModel chose this version: polling leaves it alone
+    refused: tuple[int, str] | None = None  # (version, files fingerprint) that failed to load
+
+    @property
+    def runner(self) -> Runner | None:
+        return self.engine if self.engine is not None else self.batcher
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """What a load or reload did."""
+
+    entry: ModelEntry
+    previous_version: int  # 0 when nothing served before
+    sessions_dropped: int
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -69,6 +99,18 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def fingerprint(vdir: Path) -> str:
+    """Sizes and modification times of a version's files: changes when anything is rewritten."""
+    parts = []
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            st = (vdir / name).stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return "/".join(parts)
 
 
 class DeviceExecutors:
@@ -93,12 +135,21 @@ class ModelRegistry:
     """Owns every model: what is in the repository, what is loaded, and their engines."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 on_retire: Callable[[str, int], int] | None = None) -> None:
+        """``on_change`` runs after any readiness change; ``on_retire(name, version)`` when a
+        version stops serving (it drops that version's sessions and returns how many)."""
         self._settings = settings
         self._metrics = metrics
         self._on_change = on_change or (lambda: None)
+        self._on_retire = on_retire or (lambda name, version: 0)
         self._entries: dict[str, ModelEntry] = {}
+        self._info_labels: dict[str, tuple[str, ...]] = {}
+        self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="rnnserve-loader")
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.device = resolve_device(settings.device)
 
     # --- loading -------------------------------------------------------------------------------
@@ -111,62 +162,210 @@ class ModelRegistry:
             logger.error("model repository %s: %s", repo, err)
             found = []
         for name, _ in found:
-            self._entries[name] = ModelEntry(name=name, device=str(self.device))
-            self._metrics.model_ready.labels(name).set(0)
+            self._new_entry(name)
         self._on_change()
-        for name, model_dir in found:
-            await self._load(self._entries[name], model_dir)
+        async with self._lock:
+            for name, model_dir in found:
+                try:
+                    await self._swap_in(name, model_dir, None)
+                except ModelLoadError:
+                    pass  # recorded in the entry
         self._on_change()
         ready = [e.name for e in self._entries.values() if e.state is ModelState.READY]
         logger.info("models ready: %s", ", ".join(ready) or "none")
 
-    async def _load(self, entry: ModelEntry, model_dir: Path) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self._executors.for_device(self.device)
+    async def load(self, name: str, version: int = 0) -> SwapResult:
+        """Serve ``version`` of ``name`` (0: its highest) in place of what serves now.
+
+        A version asked for by number is pinned: polling will not move the model off it.
+        """
+        async with self._lock:
+            model_dir = self._model_dir(name)
+            self._unloaded.discard(name)
+            return await self._swap_in(name, model_dir, version or None, pin=bool(version))
+
+    async def reload(self, name: str) -> SwapResult:
+        """Re-read the model's directory and serve its highest version (unpinning it)."""
+        async with self._lock:
+            model_dir = self._model_dir(name)
+            self._unloaded.discard(name)
+            return await self._swap_in(name, model_dir, None)
+
+    async def unload(self, name: str) -> tuple[int, int]:
+        """Stop serving a model; returns (the version it served, sessions dropped)."""
+        async with self._lock:
+            entry = self.entry(name)
+            del self._entries[name]
+            self._unloaded.add(name)
+            self._metrics.model_ready.remove(name)
+            labels = self._info_labels.pop(name, None)
+            if labels is not None:
+                self._metrics.model_info.remove(*labels)
+            dropped = self._on_retire(name, entry.version) if entry.loaded is not None else 0
+            self._retire(entry.runner)
+            self._on_change()
+            logger.info("model %s version %d unloaded (%d sessions dropped)",
+                        name, entry.version, dropped)
+            return entry.version, dropped
+
+    async def poll(self) -> None:
+        """Pick up new models and higher versions dropped into the repository."""
+        async with self._lock:
+            try:
+                found = list_model_dirs(self._settings.model_repository)
+            except (CheckpointError, OSError) as err:
+                logger.error("polling %s: %s", self._settings.model_repository, err)
+                return
+            for name, model_dir in found:
+                entry = self._entries.get(name)
+                if name in self._unloaded or (entry is not None and entry.pinned):
+                    continue
+                try:
+                    version = select_version(model_dir)
+                    mark = (version, fingerprint(version_dir(model_dir, version)))
+                except (CheckpointError, OSError):
+                    continue
+                if entry is not None and (
+                    entry.refused == mark
+                    or (entry.state is ModelState.READY and version <= entry.version)
+                ):
+                    continue
+                logger.info("model %s: version %d found in the repository", name, version)
+                try:
+                    await self._swap_in(name, model_dir, version)
+                except ModelLoadError:
+                    pass  # logged and recorded; the old version serves on
+
+    def _model_dir(self, name: str) -> Path:
         try:
-            version = select_version(model_dir)
-            vdir = version_dir(model_dir, version)
+            validate_name(name)
             repo = self._settings.model_repository
-            loaded = await loop.run_in_executor(
-                executor, load_model, vdir, self.device, MAX_MODEL_BYTES, repo
+            model_dir = resolve_inside(repo, Path(repo) / name)
+        except CheckpointError as err:
+            raise InvalidArgumentError("name", str(err)) from None
+        if not model_dir.is_dir():
+            raise ModelNotFoundError(name, list(self._entries))
+        return model_dir
+
+    def _new_entry(self, name: str) -> ModelEntry:
+        entry = ModelEntry(name=name, device=str(self.device))
+        self._entries[name] = entry
+        self._metrics.model_ready.labels(name).set(0)
+        return entry
+
+    async def _swap_in(self, name: str, model_dir: Path, version: int | None,
+                       pin: bool = False) -> SwapResult:
+        """Load a version beside what serves, then switch to it (the caller holds the lock)."""
+        entry = self._entries.get(name) or self._new_entry(name)
+        wanted, mark = version or 0, None
+        try:
+            wanted = version if version is not None else select_version(model_dir)
+            vdir = version_dir(model_dir, wanted)
+            mark = (wanted, fingerprint(vdir))
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                self._loader, load_model, vdir, self.device,
+                self._settings.max_checkpoint_bytes, self._settings.model_repository,
             )
-        except (CheckpointError, OSError, ValueError) as err:
-            entry.state, entry.error = ModelState.FAILED, str(err)
-            logger.error("model %s failed to load: %s", entry.name, err)
-            return
+            runner = await self._start_runner(name, loaded)
         except Exception as err:  # noqa: BLE001 - any failure is the model's, not the server's
-            entry.state, entry.error = ModelState.FAILED, f"{type(err).__name__}: {err}"
-            logger.exception("model %s failed to load", entry.name)
-            return
-        entry.loaded, entry.version, entry.kind = loaded, loaded.version, loaded.kind
+            known = isinstance(err, CheckpointError | OSError | ValueError)
+            reason = str(err) if known else f"{type(err).__name__}: {err}"
+            self._refuse(entry, wanted, mark, reason, log_trace=not known)
+            serving = entry.version if entry.state is ModelState.READY else 0
+            raise ModelLoadError(name, wanted, reason, serving) from None
+        previous, old_runner = (entry.version if entry.loaded else 0), entry.runner
+        self._install(entry, loaded, runner, pin)
+        dropped = self._on_retire(name, previous) if previous else 0
+        self._retire(old_runner)
+        self._on_change()
+        if previous:
+            logger.info("model %s: version %d serves in place of %d (%d sessions dropped)",
+                        name, entry.version, previous, dropped)
+        return SwapResult(entry, previous, dropped)
+
+    async def _start_runner(self, name: str, loaded: LoadedModel) -> Runner:
         s = self._settings
+        executor = self._executors.for_device(self.device)
+        runner: Runner
         if loaded.kind == CHARLM:
-            entry.engine = GenerationEngine(
-                loaded, entry.name, executor, self._metrics,
+            runner = GenerationEngine(
+                loaded, name, executor, self._metrics,
                 max_batch_size=s.max_batch_size, max_active=s.max_active_generations,
                 max_steps_per_iteration=s.max_steps_per_iteration,
             )
-            await entry.engine.start()
         else:
-            entry.batcher = ClassificationBatcher(
-                loaded, entry.name, executor, self._metrics,
+            runner = ClassificationBatcher(
+                loaded, name, executor, self._metrics,
                 max_batch_size=s.classify_max_batch_size, max_wait_ms=s.classify_max_wait_ms,
                 max_queued=s.max_queued_texts,
             )
-            await entry.batcher.start()
-        entry.state = ModelState.READY
-        self._metrics.model_ready.labels(entry.name).set(1)
-        self._metrics.model_info.labels(
-            entry.name, str(entry.version), entry.kind, entry.device, describe(loaded)
-        ).set(1)
+        await runner.start()
+        return runner
+
+    def _refuse(self, entry: ModelEntry, version: int, mark: tuple[int, str] | None,
+                reason: str, log_trace: bool) -> None:
+        entry.refused = mark
+        if entry.state is ModelState.READY:
+            entry.error = (f"version {version} was refused (version {entry.version} keeps "
+                           f"serving): {reason}")
+            logger.error("model %s: version %d refused, version %d keeps serving: %s",
+                         entry.name, version, entry.version, reason, exc_info=log_trace)
+        else:
+            entry.state, entry.error = ModelState.FAILED, reason
+            logger.error("model %s failed to load: %s", entry.name, reason, exc_info=log_trace)
+        self._on_change()
+
+    def _install(self, entry: ModelEntry, loaded: LoadedModel, runner: Runner, pin: bool) -> None:
+        """Switch the entry to the new version in one synchronous step."""
+        entry.loaded, entry.version, entry.kind = loaded, loaded.version, loaded.kind
+        entry.engine = runner if isinstance(runner, GenerationEngine) else None
+        entry.batcher = runner if isinstance(runner, ClassificationBatcher) else None
+        entry.state, entry.error, entry.refused, entry.pinned = ModelState.READY, "", None, pin
+        m = self._metrics
+        m.model_ready.labels(entry.name).set(1)
+        old = self._info_labels.pop(entry.name, None)
+        if old is not None:
+            m.model_info.remove(*old)
+        labels = (entry.name, str(entry.version), entry.kind, entry.device, describe(loaded))
+        m.model_info.labels(*labels).set(1)
+        self._info_labels[entry.name] = labels
+
+    # --- retiring old versions -----------------------------------------------------------------
+    def _retire(self, runner: Runner | None) -> None:
+        """Drain an old version's engine in the background, then stop it."""
+        if runner is None:
+            return
+        task = asyncio.create_task(self._drain_and_stop(runner), name=f"retire:{runner.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _drain_and_stop(self, runner: Runner) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.reload_drain_s
+        try:
+            while _pending(runner) and loop.time() < deadline:
+                await asyncio.sleep(DRAIN_POLL_S)
+            if _pending(runner):
+                logger.warning("model %s: stopping an old version with %d requests in flight",
+                               runner.name, _pending(runner))
+        finally:
+            await runner.stop()
 
     async def stop(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for entry in self._entries.values():
-            if entry.engine is not None:
-                await entry.engine.stop()
-            if entry.batcher is not None:
-                await entry.batcher.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self._executors.shutdown)
+            if entry.runner is not None:
+                await entry.runner.stop()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._executors.shutdown)
+        await loop.run_in_executor(None, self._loader.shutdown)
+
+    async def wait_retired(self) -> None:
+        """Wait until every old version has been drained and stopped (for tests and shutdown)."""
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # --- lookup --------------------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
@@ -242,3 +441,10 @@ def describe_entry(entry: ModelEntry, is_default: bool) -> ModelDescription:
         parameters=loaded.num_parameters if loaded else 0,
         metrics=numeric_metrics(loaded.config) if loaded else {},
     )
+
+
+def _pending(runner: Runner) -> int:
+    """Requests still using a runner."""
+    if isinstance(runner, GenerationEngine):
+        return runner.active
+    return runner.in_flight

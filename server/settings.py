@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,40 @@ class ServerSettings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may run before being cut."
     )
+    max_concurrent_streams: int = Field(
+        100, ge=1, description="Most calls in flight on one client connection (HTTP/2 streams)."
+    )
+    default_deadline_s: float = Field(
+        300.0, ge=0,
+        description="Deadline the server applies to a call that brings none (0 = none).",
+    )
+
+    # --- security (docs/security.md) -----------------------------------------------------------
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain); with tls_key_file, serve TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed "
+        "(mutual TLS).",
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="File of bearer tokens, one per line ('#' comments); when set (or "
+        "auth_tokens), every call but health needs 'authorization: Bearer <token>'.",
+    )
+    auth_tokens: SecretStr = Field(
+        SecretStr(""), description="Bearer tokens, comma separated (prefer the environment "
+        "variable or the file to a flag).",
+    )
+    admin_enabled: bool = Field(
+        False, description="Serve the AdminService (load, unload, reload model versions)."
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token the AdminService requires (not a data token)."
+    )
+    admin_token_file: Path | None = Field(
+        None, description="File holding the admin token (first line); wins over admin_token."
+    )
 
     # --- models --------------------------------------------------------------------------------
     model_repository: Path = Field(
@@ -46,6 +80,17 @@ class ServerSettings(BaseSettings):
         "", description="Model used when a Classify request names none ('' = first classifier)."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+    max_checkpoint_bytes: int = Field(
+        512 * 2**20, ge=1, description="Largest model.pt accepted, in bytes (checked before reading)."
+    )
+    model_repository_poll_s: float = Field(
+        0.0, ge=0, description="How often the repository is polled for new model versions "
+        "(0 = never; the AdminService can still reload).",
+    )
+    reload_drain_s: float = Field(
+        60.0, ge=0, description="On a version swap, how long in-flight work on the old version "
+        "may run before the old engine is stopped.",
+    )
 
     # --- generation ----------------------------------------------------------------------------
     default_max_tokens: int = Field(100, ge=1, description="max_tokens used when a request sends 0.")
@@ -70,6 +115,10 @@ class ServerSettings(BaseSettings):
     max_sessions: int = Field(
         100_000, ge=1, description="Most sessions kept; past it the least recently used is evicted."
     )
+    max_sessions_per_client: int = Field(
+        0, ge=0, description="Most sessions one client identity (bearer token) may hold "
+        "(0 = no per-client cap; applies only when auth is on).",
+    )
     session_sweep_interval_s: float = Field(
         5.0, gt=0, description="How often expired sessions are swept."
     )
@@ -90,6 +139,17 @@ class ServerSettings(BaseSettings):
     # --- logging -------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @model_validator(mode="after")
+    def _check_security(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.admin_enabled and not (self.admin_token.get_secret_value()
+                                       or self.admin_token_file):
+            raise ValueError("admin_enabled needs admin_token or admin_token_file")
+        return self
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

@@ -10,10 +10,18 @@ from rnnserve.server.classification import Classifier
 from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.generation import Generator
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, describe_entry
+from rnnserve.server.registry import (
+    CHARLM,
+    CLASSIFIER,
+    ModelEntry,
+    ModelRegistry,
+    describe_entry,
+)
 from rnnserve.server.rpc import convert
 from rnnserve.server.rpc.status import rpc_method
 from rnnserve.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     classification_pb2,
     classification_pb2_grpc,
     generation_pb2,
@@ -102,3 +110,46 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         if not request.name:
             raise InvalidArgumentError("name", "must not be empty")
         return models_pb2.GetModelResponse(model=self._describe(request.name))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Model lifecycle (registered only with ``admin_enabled``; the interceptor checks the token)."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
+        self._registry = registry
+        self.metrics = metrics
+
+    def model_label(self, request: object) -> str:
+        return getattr(request, "name", "")
+
+    def _info(self, entry: ModelEntry) -> models_pb2.ModelInfo:
+        is_default = self._registry.default_name(entry.kind) == entry.name
+        return convert.model_info(describe_entry(entry, is_default))
+
+    @rpc_method("LoadModel")
+    async def LoadModel(self, request: admin_pb2.LoadModelRequest, context: Context
+                        ) -> admin_pb2.LoadModelResponse:
+        done = await self._registry.load(_name(request.name), request.version)
+        return admin_pb2.LoadModelResponse(model=self._info(done.entry),
+                                           previous_version=done.previous_version,
+                                           sessions_dropped=done.sessions_dropped)
+
+    @rpc_method("UnloadModel")
+    async def UnloadModel(self, request: admin_pb2.UnloadModelRequest, context: Context
+                          ) -> admin_pb2.UnloadModelResponse:
+        version, dropped = await self._registry.unload(_name(request.name))
+        return admin_pb2.UnloadModelResponse(version=version, sessions_dropped=dropped)
+
+    @rpc_method("ReloadModel")
+    async def ReloadModel(self, request: admin_pb2.ReloadModelRequest, context: Context
+                          ) -> admin_pb2.ReloadModelResponse:
+        done = await self._registry.reload(_name(request.name))
+        return admin_pb2.ReloadModelResponse(model=self._info(done.entry),
+                                             previous_version=done.previous_version,
+                                             sessions_dropped=done.sessions_dropped)
+
+
+def _name(name: str) -> str:
+    if not name:
+        raise InvalidArgumentError("name", "must not be empty")
+    return name

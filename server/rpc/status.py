@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -29,11 +30,17 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
     (errors.SessionBusyError, grpc.StatusCode.ABORTED),
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (errors.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (errors.RnnserveError, grpc.StatusCode.UNAVAILABLE),  # e.g. shutting down
 )
 
 REQUEST_ID_KEY = "x-request-id"
+
+SERVER_DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar(
+    "rnnserve_server_deadline", default=None
+)
+"""The default deadline the server put on the current call (set by the deadline interceptor)."""
 
 
 def status_of(error: errors.RnnserveError) -> grpc.StatusCode:
@@ -66,7 +73,9 @@ class CallRecord:
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
         remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
+        bound = SERVER_DEADLINE.get()
+        expired = (remaining is not None and remaining <= 0) or (
+            bound is not None and bound.expired())
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     def finish(self, metrics: Metrics) -> None:
