@@ -1,0 +1,107 @@
+"""The import rules of DESIGN/STYLE, checked on the source with ``ast``.
+
+1. Everything is imported under ``rnnserve``: no bare ``import server`` / ``from models ...``
+   (those would only work by accident of the current directory or sys.path).
+2. Protobuf stays in the RPC layer: inside ``rnnserve.server`` only ``server/rpc/*`` and the
+   composition root ``server/app.py`` import the generated ``rnnserve.v1`` code.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCANNED = ("server", "client", "models", "proto", "bench", "tests")
+# The folders that are packages of ``rnnserve`` under another name. (bench/ is a folder of
+# scripts run as ``python -m bench.<name>`` from the root; it may import itself as ``bench``.)
+BARE = {"server", "models", "client", "proto"}
+
+
+def python_files(*folders: str) -> list[Path]:
+    files = []
+    for folder in folders:
+        base = ROOT / folder
+        if base.is_dir():
+            files += [p for p in base.rglob("*.py") if ".venv" not in p.parts]
+    return sorted(files)
+
+
+def absolute_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in a file, including ones inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+            # ``from rnnserve import v1`` imports the package rnnserve.v1 as well
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def test_the_scan_sees_the_project():
+    files = {p.relative_to(ROOT).as_posix() for p in python_files(*SCANNED)}
+    assert {"server/app.py", "server/rpc/servicers.py", "client/cli.py",
+            "models/charlm.py", "tests/conftest.py"} <= files
+
+
+def test_no_bare_top_level_imports_of_project_folders():
+    offenders = []
+    for path in python_files(*SCANNED):
+        for line, module in absolute_imports(path):
+            if module.split(".")[0] in BARE:
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    assert not offenders, "import these as rnnserve.<package>:\n" + "\n".join(offenders)
+
+
+def imports_protobuf(module: str) -> bool:
+    return (module == "rnnserve.v1" or module.startswith("rnnserve.v1.")
+            or module.endswith(("_pb2", "_pb2_grpc")) or module.startswith("google.protobuf"))
+
+
+def test_only_the_rpc_layer_and_the_composition_root_import_protobuf():
+    allowed = {"server/app.py"}
+    offenders = []
+    checked = 0
+    for path in python_files("server"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("server/rpc/") or rel in allowed:
+            continue
+        checked += 1
+        for line, module in absolute_imports(path):
+            if imports_protobuf(module) and not module.startswith("grpc_health"):
+                offenders.append(f"{rel}:{line}: {module}")
+    assert checked >= 8, "the scan reached the server's domain modules"
+    assert not offenders, "protobuf belongs in server/rpc/:\n" + "\n".join(offenders)
+
+
+def test_models_never_import_grpc_or_asyncio():
+    offenders = []
+    for path in python_files("models"):
+        for line, module in absolute_imports(path):
+            if module.split(".")[0] in {"grpc", "grpc_health", "grpc_reflection", "asyncio"} \
+                    or module.startswith(("rnnserve.server", "rnnserve.client", "rnnserve.v1")):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("source,bad", [
+    ("import server", True),
+    ("import models.charlm", True),
+    ("from client import Client", True),
+    ("from server.rpc import status", True),
+    ("def f():\n    import models\n", True),
+    ("from rnnserve.server import app", False),
+    ("from . import _convert", False),
+    ("import rnnserve.models", False),
+    ("import serverless", False),
+])
+def test_the_checker_itself(tmp_path, source, bad):
+    path = tmp_path / "example.py"
+    path.write_text(source)
+    flagged = any(m.split(".")[0] in BARE for _, m in absolute_imports(path))
+    assert flagged is bad
