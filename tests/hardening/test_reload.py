@@ -9,9 +9,11 @@ import pickle
 import shutil
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 from rnnserve.client import AsyncClient, NotFoundError
+from rnnserve.v1 import admin_pb2, admin_pb2_grpc
 
 from .conftest import TIMEMACHINE_DIR, add_timemachine_version
 
@@ -107,9 +109,6 @@ async def test_a_bad_config_is_refused_before_any_tensor_is_read(make_server, re
     vdir.mkdir()
     (vdir / "config.json").write_text(json.dumps({"kind": "charlm", "vocab": ["<unk>"]}))
     (vdir / "model.pt").write_bytes(pickle.dumps(RunsCommand(marker)))
-    from rnnserve.v1 import admin_pb2, admin_pb2_grpc
-    import grpc
-
     async with grpc.aio.insecure_channel(server.target) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
