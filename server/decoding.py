@@ -38,7 +38,9 @@ class Sampler:
     def draw(self, logits: torch.Tensor) -> int:
         """Sample one token id from a ``(V,)`` logits row."""
         opts = self.options
-        scores = logits.detach().to("cpu", torch.float32) / opts.temperature  # (V,)
+        # float64: any temperature in (0, 100] from a float32 field stays finite (float32
+        # logits / 1e-38 overflow to inf, and softmax of inf is NaN)
+        scores = logits.detach().to("cpu", torch.float64) / opts.temperature  # (V,)
         if 0 < opts.top_k < scores.numel():
             kth = torch.topk(scores, opts.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -104,3 +104,19 @@ async def test_max_tokens_zero_uses_the_server_default(make_server, connect, acl
 async def test_max_tokens_edges(aclient: AsyncClient, n):
     result = await aclient.generate("a", max_tokens=n)
     assert result.generated_tokens == len(result.text) == n
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-38, 1e-30, 1e-6])
+async def test_tiny_temperatures_are_valid_and_act_greedy(aclient: AsyncClient, temperature):
+    """Any temperature in (0, 100] is accepted; near 0 sampling becomes argmax, not an error.
+
+    (float32 logits / 1e-38 overflow to inf and softmax gives NaN: this used to be INTERNAL.)
+    """
+    greedy = (await aclient.generate(PREFIX, max_tokens=40)).text
+    result = await aclient.generate(PREFIX, max_tokens=40, temperature=temperature, seed=1)
+    assert result.text == greedy
+
+
+async def test_a_hot_temperature_still_works(aclient: AsyncClient):
+    result = await aclient.generate(PREFIX, max_tokens=40, temperature=100.0, seed=1)
+    assert result.generated_tokens == 40
