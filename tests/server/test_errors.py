@@ -342,3 +342,57 @@ async def test_one_failing_generation_does_not_fail_its_batch_mates(server, conn
         with pytest.raises(InternalError):
             await client.generate("time", max_tokens=50, temperature=1.0, seed=666)
         assert await asyncio.wait_for(running, 30) == expected
+
+
+class _Payload:
+    """Unpickling this creates a marker file: proof that arbitrary code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+async def test_a_repository_full_of_bad_entries_serves_the_good_model(make_server, connect,
+                                                                       tmp_path):
+    import torch
+
+    repo = tmp_path / "repo"
+    shutil.copytree(TIMEMACHINE, repo / "timemachine")
+
+    def variant(name: str) -> Path:
+        vdir = repo / name / "1"
+        shutil.copytree(TIMEMACHINE / "1", vdir)
+        config = (vdir / "config.json").read_text(encoding="utf-8")
+        (vdir / "config.json").write_text(config.replace('"timemachine"', f'"{name}"', 1),
+                                          encoding="utf-8")
+        return vdir
+
+    marker = tmp_path / "pwned"
+    torch.save({"rnn.weight_ih_l0": _Payload(marker)}, variant("pickled") / "model.pt")
+    (variant("badconfig") / "config.json").write_text("{not json", encoding="utf-8")
+    shape = variant("wrongshape")
+    state = torch.load(shape / "model.pt", weights_only=True)
+    state["linear.bias"] = torch.zeros(3)
+    torch.save(state, shape / "model.pt")
+    (repo / "noversions").mkdir()
+    (repo / "Bad Name").mkdir()  # not a valid model name: skipped
+    outside = tmp_path / "outside"
+    shutil.copytree(TIMEMACHINE, outside / "timemachine")
+    (repo / "escape").symlink_to(outside / "timemachine", target_is_directory=True)
+
+    server = await make_server(model_repository=repo)
+    async with connect(server) as client:
+        models = {m.name: m for m in await client.list_models()}
+        assert "Bad Name" not in models and "escape" not in models
+        assert models["timemachine"].state == "ready"
+        for name, clue in [("pickled", "refused"), ("badconfig", "JSON"),
+                           ("wrongshape", "linear.bias"), ("noversions", "version")]:
+            assert models[name].state == "failed", name
+            assert clue in models[name].error, (name, models[name].error)
+            with pytest.raises(UnavailableError):
+                await client.generate("time", model=name, max_tokens=3)
+        assert (await client.generate("time", max_tokens=3)).model == "timemachine"
+        assert await client.health() == "SERVING"
+    assert not marker.exists(), "loading a model must never unpickle arbitrary objects"
