@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto bench clean
+.PHONY: setup serve test lint proto bench soak clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ proto: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# Load past the admission limits for 2 minutes on loopback; exits 1 on a leak or a bad status.
+soak: setup
+	$(BIN)/python -m bench.soak --duration 120
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
