@@ -194,3 +194,16 @@ async def test_concurrent_greedy_requests_all_equal_the_seed(aclient: AsyncClien
     results = await asyncio.gather(*(aclient.generate(p, max_tokens=n) for p, n in CASES))
     for (prefix, n), result in zip(CASES, results, strict=True):
         assert result.text == seed_continuation(prefix, n, seed_model), prefix[:20]
+
+
+async def test_a_slow_reader_gets_coalesced_chunks_with_the_same_text(aclient: AsyncClient):
+    unary = (await aclient.generate("time traveller", max_tokens=1500)).text
+    text, messages = "", 0
+    async for chunk in aclient.stream("time traveller", max_tokens=1500):
+        text += chunk.text
+        messages += 1
+        assert chunk.generated_tokens == len(text)
+        if messages <= 20:
+            await asyncio.sleep(0.01)
+    assert text == unary
+    assert messages < 1500, "characters that piled up travel together"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 from rnnserve.client import AbortedError, AsyncClient, InvalidArgumentError, NotFoundError
@@ -249,3 +250,37 @@ async def test_session_text_is_the_text_the_client_saw_even_when_sampling_unk(ac
         assert len(a.text) == a.generated_tokens, (seed, a.text)
         cont = await aclient.generate(" x", session_id=a.session_id, max_tokens=30)
         assert cont.text == await stateless(aclient, "time" + a.text + " x", 30), seed
+
+
+async def test_a_turn_longer_than_the_ttl_does_not_expire_its_session(make_server, connect):
+    """A busy session is never expired, and its idle clock restarts when the turn ends."""
+    ttl = 0.2
+    server = await make_server(session_ttl_s=ttl, session_sweep_interval_s=0.05,
+                               max_tokens_limit=4000)
+    async with connect(server) as client:
+        opened = await client.generate("the time", max_tokens=5, keep_session=True)
+        sid = opened.session_id
+        started = time.monotonic()
+        turn = await client.generate(" machine", session_id=sid, max_tokens=4000)
+        assert time.monotonic() - started > ttl, "the turn outlived the TTL (else no proof)"
+        cont = await client.generate(" end", session_id=sid, max_tokens=10)
+        history = "the time" + opened.text + " machine" + turn.text + " end"
+        assert cont.text == await stateless(client, history, 10)
+
+
+async def test_a_deadline_on_a_session_turn_leaves_the_session_as_it_was(make_server, connect,
+                                                                         metrics_of):
+    from rnnserve.client import DeadlineExceededError
+
+    server = await make_server(max_tokens_limit=200_000)
+    async with connect(server) as client:
+        opened = await client.generate("the time", max_tokens=5, keep_session=True)
+        with pytest.raises(DeadlineExceededError):
+            await client.generate(" slow", session_id=opened.session_id, max_tokens=200_000,
+                                  timeout=0.3)
+        cont = await retry_aborted(
+            lambda: client.generate(" fast", session_id=opened.session_id, max_tokens=10))
+        assert cont.text == await stateless(client, "the time" + opened.text + " fast", 10)
+    view = await metrics_of(server)
+    assert view.value("rnnserve_requests_total", method="Generate", model=MODEL,
+                      code="DEADLINE_EXCEEDED") == 1
