@@ -31,6 +31,18 @@ from rnnserve.v1 import (
 )
 
 Context = grpc.aio.ServicerContext
+UNKNOWN_MODEL_LABEL = "unknown"
+
+
+def known_label(registry: ModelRegistry, name: str) -> str:
+    """``name`` as a metric label if the registry knows it, else one fixed value.
+
+    Labels must stay bounded: a label per made-up model name would let any client create
+    unlimited time series.
+    """
+    if not name:
+        return ""
+    return name if any(e.name == name for e in registry.entries()) else UNKNOWN_MODEL_LABEL
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
@@ -40,7 +52,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        return getattr(request, "model", "") or self._registry.default_name(CHARLM)
+        name = getattr(request, "model", "") or self._registry.default_name(CHARLM)
+        return known_label(self._registry, name)
 
     @rpc_method("Generate")
     async def Generate(self, request: generation_pb2.GenerateRequest, context: Context
@@ -74,7 +87,8 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        return getattr(request, "model", "") or self._registry.default_name(CLASSIFIER)
+        name = getattr(request, "model", "") or self._registry.default_name(CLASSIFIER)
+        return known_label(self._registry, name)
 
     @rpc_method("Classify")
     async def Classify(self, request: classification_pb2.ClassifyRequest, context: Context
@@ -90,7 +104,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        return getattr(request, "name", "")
+        return known_label(self._registry, getattr(request, "name", ""))
 
     def _describe(self, name: str) -> models_pb2.ModelInfo:
         entry = self._registry.entry(name)

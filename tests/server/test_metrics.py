@@ -131,3 +131,24 @@ async def test_metric_names_follow_prometheus_conventions(server, aclient, metri
             assert any(s.name == family.name + "_total" for s in family.samples) or \
                 not family.samples, family.name
         assert not family.name.endswith(("_ms", "_milliseconds", "_kb")), family.name
+
+
+async def test_client_chosen_names_do_not_become_unbounded_metric_labels(server, aclient,
+                                                                         metrics_of):
+    """A label value per made-up model name would let any client blow up the time series."""
+    for i in range(12):
+        for call in (lambda n: aclient.generate("x", model=n, max_tokens=2),
+                     lambda n: aclient.classify(["x"], model=n),
+                     lambda n: aclient.get_model(n)):
+            with contextlib.suppress(NotFoundError):
+                await call(f"made-up-{i}")
+        with contextlib.suppress(NotFoundError):
+            async for _ in aclient.stream("x", model=f"made-up-stream-{i}", max_tokens=2):
+                pass
+    view = await metrics_of(server)
+    labels = {lbl["model"] for name in ("rnnserve_requests_total",
+                                        "rnnserve_request_duration_seconds_count",
+                                        "rnnserve_stream_messages_total")
+              for lbl, _ in view.matching(name)}
+    assert not any(label.startswith("made-up") for label in labels), sorted(labels)
+    assert len(labels) <= 4, sorted(labels)
