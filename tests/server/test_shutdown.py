@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LONG = 8000
+PROCESS_LONG = 3000  # the subprocess test pays a process start already
 GRACE = 15.0
 
 
@@ -89,7 +90,8 @@ def test_rnnserve_serve_drains_on_sigterm(tmp_path: Path):
     proc = subprocess.Popen(
         [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port),
          "--metrics-port", str(metrics_port), "--model-repository", str(ROOT / "model_repository"),
-         "--device", "cpu", "--grace-period-s", str(GRACE), "--max-tokens-limit", str(LONG)],
+         "--device", "cpu", "--grace-period-s", str(GRACE),
+         "--max-tokens-limit", str(PROCESS_LONG)],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
     )
     target = f"127.0.0.1:{port}"
@@ -115,7 +117,8 @@ def test_rnnserve_serve_drains_on_sigterm(tmp_path: Path):
             try:
                 with Client(target, timeout=60, retries=0) as streaming_client:
                     text, reason = "", ""
-                    for chunk in streaming_client.stream("the time traveller", max_tokens=LONG):
+                    chunks = streaming_client.stream("the time traveller", max_tokens=PROCESS_LONG)
+                    for chunk in chunks:
                         text += chunk.text
                         reason = chunk.finish_reason
                         started.set()
@@ -140,7 +143,7 @@ def test_rnnserve_serve_drains_on_sigterm(tmp_path: Path):
             proc.wait(5)
     output = _read(log)
     assert "error" not in got, f"{got.get('error')!r}\n{output}"
-    assert len(got["text"]) == LONG and got["reason"] == "length"
+    assert len(got["text"]) == PROCESS_LONG and got["reason"] == "length"
     assert got["text"].startswith(expected)
     assert code == 0, output
     assert exit_seconds < GRACE + 5, "the process exited within the grace period"
