@@ -255,13 +255,14 @@ async def test_session_text_is_the_text_the_client_saw_even_when_sampling_unk(ac
 async def test_a_turn_longer_than_the_ttl_does_not_expire_its_session(make_server, connect):
     """A busy session is never expired, and its idle clock restarts when the turn ends."""
     ttl = 0.2
+    # one decode step per engine iteration: a turn of 3000 characters takes well over the TTL
     server = await make_server(session_ttl_s=ttl, session_sweep_interval_s=0.05,
-                               max_tokens_limit=4000)
+                               max_tokens_limit=3000, max_steps_per_iteration=1)
     async with connect(server) as client:
         opened = await client.generate("the time", max_tokens=5, keep_session=True)
         sid = opened.session_id
         started = time.monotonic()
-        turn = await client.generate(" machine", session_id=sid, max_tokens=4000)
+        turn = await client.generate(" machine", session_id=sid, max_tokens=3000)
         assert time.monotonic() - started > ttl, "the turn outlived the TTL (else no proof)"
         cont = await client.generate(" end", session_id=sid, max_tokens=10)
         history = "the time" + opened.text + " machine" + turn.text + " end"
