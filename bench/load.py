@@ -59,13 +59,20 @@ class Samples:
     itl: list[float] = field(default_factory=list)  # per character
     gaps: list[float] = field(default_factory=list)  # per message
     messages: int = 0
+    window_s: float = 1.0
+    server_cpu_s: float = 0.0  # CPU time of the server process during the window
+    client_cpu_s: float = 0.0  # CPU time of this (load generator) process during the window
+
+
+CpuProbe = Callable[[], float]
 
 
 async def _drive(concurrency: int, warmup: float, duration: float,
-                 one: Callable[[Window, Samples, random.Random], Awaitable[None]]) -> Samples:
+                 one: Callable[[Window, Samples, random.Random], Awaitable[None]],
+                 probe: CpuProbe | None) -> Samples:
     now = time.perf_counter()
     window = Window(now + warmup, now + warmup + duration)
-    samples = Samples()
+    samples = Samples(window_s=duration)
 
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
@@ -76,11 +83,24 @@ async def _drive(concurrency: int, warmup: float, duration: float,
                 samples.errors += 1
 
     tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+    cpu0 = (probe() if probe else 0.0, time.process_time())
     await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+    samples.server_cpu_s = (probe() if probe else 0.0) - cpu0[0]
+    samples.client_cpu_s = time.process_time() - cpu0[1]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return samples
+
+
+def _cpu(s: Samples, work: int, key: str) -> dict:
+    """CPU use during the window: the server's and the load generator's, in cores."""
+    out = {"server_cpu_cores": s.server_cpu_s / s.window_s,
+           "client_cpu_cores": s.client_cpu_s / s.window_s}
+    scale = 1000.0 if key.endswith("1k_tokens") else 1.0
+    out[key] = s.server_cpu_s * 1000.0 * scale / work if work else None
+    return out
 
 
 def _ms(x: float | None) -> float | None:
@@ -88,7 +108,8 @@ def _ms(x: float | None) -> float | None:
 
 
 async def streams(target: str, concurrency: int, duration: float, warmup: float,
-                  prefixes: list[str], max_tokens: int) -> dict:
+                  prefixes: list[str], max_tokens: int,
+                  probe: CpuProbe | None = None) -> dict:
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
 
@@ -113,12 +134,12 @@ async def streams(target: str, concurrency: int, duration: float, warmup: float,
                             s.gaps.append(t - previous)
                             s.itl.append((t - previous) / n)
                     previous = t
-                if sent in window and time.perf_counter() in window:
+                if time.perf_counter() in window:
                     s.requests += 1
             finally:
                 call.cancel()
 
-        s = await _drive(concurrency, warmup, duration, one)
+        s = await _drive(concurrency, warmup, duration, one, probe)
     return {
         "concurrency": concurrency, "max_tokens": max_tokens,
         "tokens_per_s": s.tokens / duration, "requests": s.requests, "errors": s.errors,
@@ -127,11 +148,13 @@ async def streams(target: str, concurrency: int, duration: float, warmup: float,
         "msg_gap_p50_ms": _ms(percentile(s.gaps, 50)),
         "msg_gap_p99_ms": _ms(percentile(s.gaps, 99)),
         "chars_per_message": s.tokens / s.messages if s.messages else None,
+        **_cpu(s, s.tokens, "server_cpu_ms_per_1k_tokens"),
     }
 
 
 async def unary_generate(target: str, concurrency: int, duration: float, warmup: float,
-                         prefixes: list[str], max_tokens: int) -> dict:
+                         prefixes: list[str], max_tokens: int,
+                  probe: CpuProbe | None = None) -> dict:
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
 
@@ -141,22 +164,23 @@ async def unary_generate(target: str, concurrency: int, duration: float, warmup:
             sent = time.perf_counter()
             response = await stub.Generate(request)
             done = time.perf_counter()
-            if sent in window and done in window:
+            if done in window:
                 s.requests += 1
                 s.tokens += len(response.text)
                 s.latencies.append(done - sent)
 
-        s = await _drive(concurrency, warmup, duration, one)
+        s = await _drive(concurrency, warmup, duration, one, probe)
     return {
         "concurrency": concurrency, "max_tokens": max_tokens,
         "requests_per_s": s.requests / duration, "tokens_per_s": s.tokens / duration,
         "latency_p50_ms": _ms(percentile(s.latencies, 50)),
         "latency_p99_ms": _ms(percentile(s.latencies, 99)), "errors": s.errors,
+        **_cpu(s, s.requests, "server_cpu_ms_per_request"),
     }
 
 
 async def classify(target: str, concurrency: int, duration: float, warmup: float,
-                   texts: list[str]) -> dict:
+                   texts: list[str], probe: CpuProbe | None = None) -> dict:
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = classification_pb2_grpc.ClassificationServiceStub(channel)
 
@@ -165,13 +189,14 @@ async def classify(target: str, concurrency: int, duration: float, warmup: float
             sent = time.perf_counter()
             await stub.Classify(request)
             done = time.perf_counter()
-            if sent in window and done in window:
+            if done in window:
                 s.requests += 1
                 s.latencies.append(done - sent)
 
-        s = await _drive(concurrency, warmup, duration, one)
+        s = await _drive(concurrency, warmup, duration, one, probe)
     return {
         "concurrency": concurrency, "requests_per_s": s.requests / duration,
         "latency_p50_ms": _ms(percentile(s.latencies, 50)),
         "latency_p99_ms": _ms(percentile(s.latencies, 99)), "errors": s.errors,
+        **_cpu(s, s.requests, "server_cpu_ms_per_request"),
     }

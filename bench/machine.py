@@ -45,3 +45,11 @@ def describe() -> dict:
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in load_average()],
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    import os as _os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _os.sysconf("SC_CLK_TCK")

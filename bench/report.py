@@ -101,8 +101,8 @@ def markdown(results: dict) -> str:
             "characters in the message):",
             "",
             "| batching | conc. | tokens/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | "
-            "msg gap p50 | chars/msg |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "msg gap p50 | chars/msg | server CPU | server CPU ms / 1k tok |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode in ("on", "off"):
             for cell in _get(server, mode, "streams") or []:
@@ -110,7 +110,9 @@ def markdown(results: dict) -> str:
                     f"| {mode} | {cell['concurrency']} | {_f(cell['tokens_per_s'])} | "
                     f"{_f(cell['ttft_p50_ms'], 2)} ms | {_f(cell['ttft_p99_ms'], 2)} ms | "
                     f"{_f(cell['itl_p50_ms'], 3)} ms | {_f(cell['itl_p99_ms'], 3)} ms | "
-                    f"{_f(cell['msg_gap_p50_ms'], 2)} ms | {_f(cell['chars_per_message'], 1)} |"
+                    f"{_f(cell['msg_gap_p50_ms'], 2)} ms | {_f(cell['chars_per_message'], 1)} | "
+                    f"{_f(cell.get('server_cpu_cores'), 2)} | "
+                    f"{_f(cell.get('server_cpu_ms_per_1k_tokens'), 1)} |"
                 )
         lines += [
             "",
@@ -118,8 +120,9 @@ def markdown(results: dict) -> str:
             f"{results.get('settings', {}).get('unary_max_tokens')}) and **Classify** "
             "(one text per request):",
             "",
-            "| rpc | batching | conc. | requests/s | tokens/s | p50 | p99 |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| rpc | batching | conc. | requests/s | tokens/s | p50 | p99 | server CPU | "
+            "server CPU ms / request |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rpc, key in (("Generate", "unary"), ("Classify", "classify")):
             for mode in ("on", "off"):
@@ -127,7 +130,9 @@ def markdown(results: dict) -> str:
                     lines.append(
                         f"| {rpc} | {mode} | {cell['concurrency']} | "
                         f"{_f(cell['requests_per_s'])} | {_f(cell.get('tokens_per_s'))} | "
-                        f"{_f(cell['latency_p50_ms'], 2)} ms | {_f(cell['latency_p99_ms'], 2)} ms |"
+                        f"{_f(cell['latency_p50_ms'], 2)} ms | {_f(cell['latency_p99_ms'], 2)} ms | "
+                        f"{_f(cell.get('server_cpu_cores'), 2)} | "
+                        f"{_f(cell.get('server_cpu_ms_per_request'), 2)} |"
                     )
         lines.append("")
     rss = results.get("sessions_rss")

@@ -74,22 +74,28 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-async def server_cells(target: str, a: argparse.Namespace, classify: bool) -> dict:
+async def server_cells(server: ServerProcess, a: argparse.Namespace, classify: bool) -> dict:
     out: dict = {"streams": [], "unary": [], "classify": []}
     pre = prefixes()
+    target = server.target
+
+    def probe() -> float:
+        return machine.cpu_seconds(server.pid)
     for c in STREAM_CONCURRENCY:
-        cell = await load.streams(target, c, a.duration, a.warmup, pre, a.stream_max_tokens)
+        cell = await load.streams(target, c, a.duration, a.warmup, pre, a.stream_max_tokens,
+                                  probe)
         _log(f"  streams c={c}: {cell['tokens_per_s']:,.0f} tok/s, "
              f"TTFT p50 {cell['ttft_p50_ms'] or 0:.2f} ms")
         out["streams"].append(cell)
     for c in UNARY_CONCURRENCY:
-        cell = await load.unary_generate(target, c, a.duration, a.warmup, pre, a.unary_max_tokens)
+        cell = await load.unary_generate(target, c, a.duration, a.warmup, pre, a.unary_max_tokens,
+                                          probe)
         _log(f"  Generate c={c}: {cell['requests_per_s']:,.0f} req/s")
         out["unary"].append(cell)
     if classify:
         texts = review_texts()
         for c in CLASSIFY_CONCURRENCY:
-            cell = await load.classify(target, c, a.duration, a.warmup, texts)
+            cell = await load.classify(target, c, a.duration, a.warmup, texts, probe)
             _log(f"  Classify c={c}: {cell['requests_per_s']:,.0f} req/s")
             out["classify"].append(cell)
     return out
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = base_settings(REPO, torch_threads=a.torch_threads, **MODES[mode])
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
-                results["server"][mode] = asyncio.run(server_cells(server.target, a, classify))
+                results["server"][mode] = asyncio.run(server_cells(server, a, classify))
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
     results["targets"] = report.targets(results)

@@ -317,9 +317,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "leaks": leaks,
         "rss_mib": {"after_warmup": round(rss_warm / 2**20, 1), "end": round(rss_end / 2**20, 1),
                     "max": round(max(r for _, r in rss_samples) / 2**20, 1) if rss_samples else 0,
-                    "growth_after_warmup": round((rss_end - rss_warm) / 2**20, 1)},
+                    "growth_after_warmup": round((rss_end - rss_warm) / 2**20, 1),
+                    "timeline": timeline(rss_samples)},
         "drain": drain, "server_log": str(folder / "server.log"),
     }
+
+
+def timeline(samples: list[tuple[float, int]], points: int = 6) -> dict[str, float]:
+    """RSS (MiB) at a few evenly spaced moments of the run, keyed by elapsed seconds."""
+    if not samples:
+        return {}
+    step = max(1, len(samples) // points)
+    picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
+    return {f"{t:.0f}s": round(r / 2**20, 1) for t, r in picked}
 
 
 def verdict(report: dict[str, Any], max_rss_growth_mib: float) -> list[str]:

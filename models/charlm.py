@@ -11,10 +11,11 @@ Serving adds (inference only, eval mode, no autograd):
 - state is always a tuple of ``(L, B, H)`` tensors, ``(h,)`` for rnn/gru and ``(h, c)`` for
   lstm; the batch is dimension 1, so sessions join/leave a batch with ``cat``/``split`` on dim 1;
 - ``prefill``: variable-length prompts in one packed ``nn`` call;
-- ``step``: one decode step written out by hand. A one-hot input times ``W_ih^T`` is a row of
-  ``W_ih^T``, so layer 0 is a row gather (with both biases folded into the rows) plus one
-  ``addmm`` with ``h @ W_hh^T``; the gate math follows torch's gate order (lstm: i, f, g, o;
-  gru: r, z, n). It equals ``forward`` on one step to 1e-5.
+- ``step``: one decode step with torch's fused cell functions (``torch.lstm_cell``,
+  ``torch.gru_cell``, ``torch.rnn_tanh_cell``/``rnn_relu_cell``: one call per layer, the gate
+  math in C++ in torch's gate order) on the module's own parameters, the input being the one-hot
+  rows of the token ids. It equals ``forward`` on one step to 1e-5 and costs a handful of
+  dispatches, which is what a batch-1 decode step is made of.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class RNNModel(nn.Module):
         else:
             self.num_directions = 2
             self.linear = nn.Linear(self.num_hiddens * 2, self.vocab_size)
-        self._fast_cache: tuple | None = None
+        self._eye: Tensor | None = None  # (V, V) one-hot rows, on the weights' device/dtype
 
     @classmethod
     def from_config(cls, cfg: CharLMConfig) -> RNNModel:
@@ -173,83 +174,46 @@ class RNNModel(nn.Module):
         logits = self.linear(new_state[0][-1])  # top layer h after each row's last token: (B, V)
         return logits, new_state
 
-    def _fast_weights(self) -> list[tuple[Tensor, ...]]:
-        """Per-layer weights laid out for :meth:`step`; rebuilt when any parameter changes."""
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
-        if self._fast_cache is not None and self._fast_cache[0] == key:
-            return self._fast_cache[1]
-        cell = self.cell
-        layers: list[tuple[Tensor, ...]] = []
-        for layer in range(self.rnn.num_layers):
-            w_ih = getattr(self.rnn, f"weight_ih_l{layer}").detach()  # (G*H, in)
-            w_hh = getattr(self.rnn, f"weight_hh_l{layer}").detach()  # (G*H, H)
-            b_ih = getattr(self.rnn, f"bias_ih_l{layer}").detach()  # (G*H,)
-            b_hh = getattr(self.rnn, f"bias_hh_l{layer}").detach()  # (G*H,)
-            w_ih_t, w_hh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # (in, G*H), (H, G*H)
-            if cell == "gru":
-                # the n gate needs W_hn h + b_hn on its own (it is multiplied by r)
-                if layer == 0:
-                    layers.append(((w_ih_t + b_ih).contiguous(), w_hh_t, b_hh))  # rows carry b_ih
-                else:
-                    layers.append((w_ih_t, b_ih, w_hh_t, b_hh))
-            elif layer == 0:
-                layers.append(
-                    ((w_ih_t + (b_ih + b_hh)).contiguous(), w_hh_t)
-                )  # rows carry both biases
-            else:
-                layers.append((torch.cat([w_ih_t, w_hh_t], 0).contiguous(), b_ih + b_hh))
-        out = (self.linear.weight.detach().t().contiguous(), self.linear.bias.detach())
-        layers.append(out)
-        self._fast_cache = (key, layers)
-        return layers
+    def _one_hot(self, tokens: Tensor) -> Tensor:
+        """``(B,)`` ids -> ``(B, V)`` one-hot rows in the weights' dtype (one gather)."""
+        weight = self.linear.weight
+        eye = self._eye
+        if eye is None or eye.device != weight.device or eye.dtype != weight.dtype:
+            eye = self._eye = torch.eye(self.vocab_size, device=weight.device, dtype=weight.dtype)
+        return eye.index_select(0, tokens)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         """One decode step: ``tokens`` (B,) int64, state tuple -> (logits (B, V), new state)."""
         self._check_servable()
-        weights = self._fast_weights()
-        cell, H, L = self.cell, self.num_hiddens, self.rnn.num_layers
+        rnn = self.rnn
+        flat = rnn._flat_weights  # [w_ih, w_hh, b_ih, b_hh] per layer, as nn.RNNBase.forward uses
+        x = self._one_hot(tokens)  # (B, V)
         h_prev = state[0]  # (L, B, H)
-        c_prev = state[1] if cell == "lstm" else None
         hs: list[Tensor] = []
-        cs: list[Tensor] = []
-        x = tokens
-        for layer in range(L):
-            w = weights[layer]
-            h = h_prev[layer]  # (B, H)
-            if cell == "gru":
-                if layer == 0:
-                    gi = w[0].index_select(0, x)  # (B, 3H) = x @ W_ih^T + b_ih
-                    gh = torch.addmm(w[2], h, w[1])  # (B, 3H)
-                else:
-                    gi = torch.addmm(w[1], x, w[0])
-                    gh = torch.addmm(w[3], h, w[2])
-                rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
-                r, z = rz[:, :H], rz[:, H:]
-                n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
-                h = n + z * (h - n)  # (1 - z) * n + z * h
+        if isinstance(rnn, nn.LSTM):
+            c_prev = state[1]  # (L, B, H)
+            cs: list[Tensor] = []
+            for layer in range(rnn.num_layers):
+                h, c = torch.lstm_cell(x, (h_prev[layer], c_prev[layer]),
+                                       *flat[4 * layer : 4 * layer + 4])  # (B, H) each
+                hs.append(h)
+                cs.append(c)
+                x = h
+            new_state: State = (torch.stack(hs), torch.stack(cs))
+        else:
+            if isinstance(rnn, nn.GRU):
+                cell_fn = torch.gru_cell
+            elif rnn.nonlinearity == "relu":
+                cell_fn = torch.rnn_relu_cell
             else:
-                if layer == 0:
-                    gates = torch.addmm(w[0].index_select(0, x), h, w[1])  # (B, G*H)
-                else:
-                    gates = torch.addmm(w[1], torch.cat([x, h], 1), w[0])  # (B, G*H)
-                if cell == "lstm":
-                    sig = torch.sigmoid(gates)
-                    i, f, o = sig[:, :H], sig[:, H : 2 * H], sig[:, 3 * H :]
-                    g = torch.tanh(gates[:, 2 * H : 3 * H])
-                    c = f * c_prev[layer] + i * g
-                    h = o * torch.tanh(c)
-                    cs.append(c)
-                elif self.rnn.nonlinearity == "relu":
-                    h = torch.relu(gates)
-                else:
-                    h = torch.tanh(gates)
-            hs.append(h)
-            x = h
-        w_out, b_out = weights[L]
-        logits = torch.addmm(b_out, x, w_out)  # (B, V)
-        new_h = torch.stack(hs, 0)  # (L, B, H)
-        return logits, ((new_h, torch.stack(cs, 0)) if cell == "lstm" else (new_h,))
+                cell_fn = torch.rnn_tanh_cell
+            for layer in range(rnn.num_layers):
+                x = cell_fn(x, h_prev[layer], *flat[4 * layer : 4 * layer + 4])  # (B, H)
+                hs.append(x)
+            new_state = (torch.stack(hs),)
+        logits = F.linear(x, self.linear.weight, self.linear.bias)  # (B, V)
+        return logits, new_state
 
 
 @torch.no_grad()

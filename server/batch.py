@@ -1,9 +1,11 @@
 """The decode batch: the hidden states and next inputs of every sequence advancing together.
 
 Batch algebra in one type: ``concatenate`` lets sequences join between steps and ``filter`` lets
-them leave, both along the batch dimension of a single ``(S, L, B, H)`` state tensor (S = 2 for an
-LSTM's ``(h, c)``, 1 otherwise). ``row_state`` copies one sequence's state out, so that a session
-holds its own small tensor, never a view that keeps the whole batch alive.
+them leave, both along the batch dimension of the model's state tuple (S tensors of
+``(L, B, H)``: S = 2 for an LSTM's ``(h, c)``, 1 otherwise), kept exactly as the model's ``step``
+takes and returns it, so that a decode step copies nothing. ``row_state`` copies one sequence's
+state out as a single ``(S, L, H)`` tensor, so that a session holds its own small tensor, never a
+view that keeps the whole batch alive.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class DecodeBatch(Generic[T]):
     """Sequences (``items``) with their states and next inputs, row for row."""
 
     items: list[T]
-    state: torch.Tensor  # (S, L, B, H)
+    state: tuple[torch.Tensor, ...]  # S x (L, B, H)
     tokens: torch.Tensor  # (B,) int64: each row's next input
 
     def __len__(self) -> int:
@@ -32,16 +34,17 @@ class DecodeBatch(Generic[T]):
                   device: torch.device) -> DecodeBatch[T]:
         """Build a batch from per-sequence ``(S, L, H)`` states."""
         state = torch.stack(states, dim=2)  # (S, L, B, H)
-        return cls(items, state, torch.tensor(tokens, dtype=torch.long, device=device))
+        return cls(items, tuple(state.unbind(0)),
+                   torch.tensor(tokens, dtype=torch.long, device=device))
 
     def model_state(self) -> tuple[torch.Tensor, ...]:
         """The state as the model takes it: S tensors of ``(L, B, H)``."""
-        return tuple(self.state.unbind(0))
+        return self.state
 
     def concatenate(self, other: DecodeBatch[T]) -> DecodeBatch[T]:
         return DecodeBatch(
             self.items + other.items,
-            torch.cat([self.state, other.state], dim=2),
+            tuple(torch.cat([a, b], dim=1) for a, b in zip(self.state, other.state, strict=True)),
             torch.cat([self.tokens, other.tokens]),
         )
 
@@ -51,13 +54,13 @@ class DecodeBatch(Generic[T]):
             return None
         if len(keep) == len(self.items):
             return self
-        index = torch.tensor(keep, dtype=torch.long, device=self.state.device)
+        index = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
         return DecodeBatch(
             [self.items[i] for i in keep],
-            self.state.index_select(2, index),
+            tuple(t.index_select(1, index) for t in self.state),
             self.tokens.index_select(0, index),
         )
 
     def row_state(self, row: int) -> torch.Tensor:
         """A compact copy of one row's state, ``(S, L, H)``."""
-        return self.state[:, :, row].clone()
+        return torch.stack([t[:, row] for t in self.state])

@@ -1,10 +1,15 @@
 """The generation engine: continuous batching of decode steps for one loaded char model.
 
 Every active generation of a model (streams, unary calls, session continuations) advances in one
-batched step per iteration. Newcomers join between iterations: their prefixes are consumed in one
-packed call (variable lengths, ``model.prefill``), then they enter the decode batch. Finished and
-cancelled sequences leave between steps. All torch work runs on the device's executor thread,
-never on the event loop; the loop only admits work and hands tokens to the waiting requests.
+batched step per iteration. Each executor call runs up to ``max_steps_per_iteration`` steps; at
+every step boundary, inside the call, cancelled sequences leave, finished ones leave with their
+final state, and queued newcomers join while there is room. A newcomer's prefix warms up *in the
+decode batch*: its row is fed the prefix characters one step at a time (outputs discarded), which
+costs about 1/B of a step per character instead of a separate model call that would stall every
+other stream; only a long prefix (``PREFILL_MIN_TOKENS`` or more) is consumed first in one packed
+``model.prefill`` call. All torch work runs on the device's executor thread, never on the event
+loop; the loop only admits work and hands the tokens of each call to the waiting requests, so
+several steps' characters travel in one message (coalescing).
 
 ``max_batch_size = 1`` restores one-at-a-time execution (what batching buys is measured with it).
 """
@@ -14,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
 from rnnserve.server.batch import DecodeBatch
-from rnnserve.server.decoding import DecodingOptions, Sampler, choose_tokens
+from rnnserve.server.decoding import DecodingOptions, Sampler
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+PREFILL_MIN_TOKENS = 64  # a prefix this long is consumed in one packed call, not in the batch
 
 
 class FinishReason(StrEnum):
@@ -51,6 +59,7 @@ class GenerationJob:
     final_pending: int = 0
     new_ids: list[int] = field(default_factory=list)
     tail: str = ""  # the end of the generated text, for stop strings
+    warm: int = 0  # feed tokens still to consume in the decode batch
     sampler: Sampler | None = None
     outbox: Outbox = field(default_factory=lambda: Outbox())
 
@@ -103,7 +112,7 @@ class GenerationEngine:
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
-        self._waiting: list[GenerationJob] = []
+        self._waiting: deque[GenerationJob] = deque()  # appended on the loop, taken on the executor
         self._active = 0  # jobs submitted and not yet finished or dropped
         self._batch: DecodeBatch[GenerationJob] | None = None  # touched on the executor only
         self._task: asyncio.Task[None] | None = None
@@ -133,9 +142,8 @@ class GenerationEngine:
                 pass
             self._task = None
         error = RnnserveError("the server is shutting down")
-        for job in self._waiting:
-            job.outbox.fail(error)
-        self._waiting.clear()
+        while self._waiting:
+            self._waiting.popleft().outbox.fail(error)
 
     @property
     def active(self) -> int:
@@ -168,44 +176,32 @@ class GenerationEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            room = self._max_batch - (len(self._batch) if self._batch else 0)
-            admit = [j for j in self._waiting[:room] if not j.cancelled]
-            self._drop_cancelled_waiting(self._waiting[:room])
-            del self._waiting[:room]
-            self._m_queue.set(len(self._waiting))
-            steps = 1 if (admit or self._waiting) else self._max_steps
             started = time.perf_counter()
-            try:
-                touched, dropped = await loop.run_in_executor(
-                    self._executor, self._iterate, admit, steps
-                )
-            except Exception as exc:  # a model failure fails the jobs it touched, not the server
-                logger.exception("generation step failed on model %s", self.name)
-                self._fail_all(admit, exc)
-                continue
-            self._dispatch(touched, dropped, (time.perf_counter() - started) / steps)
+            touched, dropped, ran, failed, error = await loop.run_in_executor(
+                self._executor, self._iterate, self._max_steps
+            )
+            if error is not None:  # a model failure fails the jobs it touched, not the server
+                logger.error("generation step failed on model %s", self.name, exc_info=error)
+                self._fail(failed, error)
+            self._dispatch(touched, dropped, (time.perf_counter() - started) / max(ran, 1))
+            self._m_queue.set(len(self._waiting))
 
-    def _drop_cancelled_waiting(self, jobs: list[GenerationJob]) -> None:
+    def _fail(self, jobs: list[GenerationJob], error: Exception) -> None:
         for job in jobs:
-            if job.cancelled:
-                self._active -= 1
-                self._m_cancelled.inc()
-
-    def _fail_all(self, admitted: list[GenerationJob], exc: Exception) -> None:
-        jobs = admitted + (self._batch.items if self._batch else [])
-        self._batch = None
-        for job in jobs:
-            job.outbox.fail(exc)
+            job.outbox.fail(error)
         self._active -= len(jobs)
-        self._m_active.set(0)
 
     def _dispatch(self, touched: list[GenerationJob], dropped: list[GenerationJob],
                   step_seconds: float) -> None:
         now = time.perf_counter()
         produced = 0
         self._active -= len(dropped)
-        self._m_cancelled.inc(len(dropped))
+        if dropped:
+            self._m_cancelled.inc(len(dropped))
+        itos = self._itos
         for job in touched:
+            if job.outbox.done:  # failed in this call
+                continue
             ids = job.new_ids
             if ids and job.generated == len(ids):
                 self._m_ttft.observe(now - job.submitted_at)
@@ -213,38 +209,63 @@ class GenerationEngine:
                 self._m_itl.observe(step_seconds)
             produced += len(ids)
             job.new_ids = []
-            job.outbox.put(
-                "".join(self._itos[i] for i in ids), len(ids), done=job.finish is not None
-            )
+            job.outbox.put("".join([itos[i] for i in ids]), len(ids), done=job.finish is not None)
             if job.finish is not None:
                 self._active -= 1
         self._m_tokens.inc(produced)
         self._m_active.set(len(self._batch) if self._batch else 0)
 
     # --- model work (executor thread) ----------------------------------------------------------
-    def _iterate(self, admit: list[GenerationJob], steps: int
-                 ) -> tuple[list[GenerationJob], list[GenerationJob]]:
-        """Admit newcomers, then run up to ``steps`` decode steps. Returns (touched, dropped)."""
-        with torch.inference_mode():
-            dropped: list[GenerationJob] = []
-            batch = self._batch
-            if batch is not None:
-                keep = [i for i, job in enumerate(batch.items) if not job.cancelled]
-                dropped = [job for job in batch.items if job.cancelled]
-                batch = batch.filter(keep)
-            if admit:
-                joined = self._prefill(admit)
-                batch = joined if batch is None else batch.concatenate(joined)
-            touched = list(batch.items) if batch is not None else []
-            for _ in range(steps):
-                if batch is None:
-                    break
-                batch = self._step(batch)
-            self._batch = batch
-            return touched, dropped
+    def _iterate(self, steps: int) -> tuple[list[GenerationJob], list[GenerationJob], int,
+                                            list[GenerationJob], Exception | None]:
+        """Run up to ``steps`` decode steps, admitting and dropping sequences between steps.
 
-    def _prefill(self, jobs: list[GenerationJob]) -> DecodeBatch[GenerationJob]:
-        """Consume each job's feed in one packed call and form a batch of them."""
+        Returns (touched: jobs that produced tokens, dropped: cancelled jobs, steps run,
+        failed jobs, the error that failed them).
+        """
+        touched: dict[GenerationJob, None] = {}  # insertion-ordered set
+        dropped: list[GenerationJob] = []
+        admitting: list[GenerationJob] = []
+        batch, self._batch = self._batch, None
+        ran = 0
+        with torch.inference_mode():
+            try:
+                for _ in range(steps):
+                    batch = self._boundary(batch, dropped, admitting)
+                    if batch is None:
+                        break
+                    batch = self._step(batch, touched)
+                    ran += 1
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which fails the jobs
+                failed = (batch.items if batch is not None else []) + admitting
+                return list(touched), dropped, ran, failed, exc
+        self._batch = batch
+        return list(touched), dropped, ran, [], None
+
+    def _boundary(self, batch: DecodeBatch[GenerationJob] | None, dropped: list[GenerationJob],
+                  admitting: list[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
+        """Between two steps: cancelled rows leave, queued jobs join while there is room."""
+        if batch is not None:
+            items = batch.items
+            if any(job.cancelled for job in items):
+                dropped.extend(job for job in items if job.cancelled)
+                batch = batch.filter([i for i, job in enumerate(items) if not job.cancelled])
+        room = self._max_batch - (len(batch) if batch is not None else 0)
+        waiting = self._waiting
+        while room > len(admitting) and waiting:
+            job = waiting.popleft()  # deque: safe against the loop's appends
+            if job.cancelled:
+                dropped.append(job)
+            else:
+                admitting.append(job)
+        if admitting:
+            joined = self._join(admitting)
+            admitting.clear()
+            batch = joined if batch is None else batch.concatenate(joined)
+        return batch
+
+    def _join(self, jobs: list[GenerationJob]) -> DecodeBatch[GenerationJob]:
+        """Rows for newcomers: short prefixes warm up in the batch, long ones are prefilled."""
         module = self._module
         zero = None
         states: list[torch.Tensor] = []
@@ -255,33 +276,49 @@ class GenerationEngine:
                 states.append(zero)
             else:
                 states.append(job.state)
-        feeding = [i for i, job in enumerate(jobs) if job.feed]
-        if feeding:
-            self._m_prefill_batch.observe(len(feeding))
-            start = torch.stack([states[i] for i in feeding], dim=2)  # (S, L, B, H)
-            _, new_state = module.prefill([jobs[i].feed for i in feeding], tuple(start.unbind(0)))
+        long = [i for i, job in enumerate(jobs) if len(job.feed) >= PREFILL_MIN_TOKENS]
+        if long:
+            self._m_prefill_batch.observe(len(long))
+            start = torch.stack([states[i] for i in long], dim=2)  # (S, L, B, H)
+            _, new_state = module.prefill([jobs[i].feed for i in long], tuple(start.unbind(0)))
             new = torch.stack(new_state)  # (S, L, B, H)
-            for row, i in enumerate(feeding):
+            for row, i in enumerate(long):
                 states[i] = new[:, :, row]
-        return DecodeBatch.from_rows(jobs, states, [job.pending for job in jobs], self._device)
+        tokens: list[int] = []
+        for i, job in enumerate(jobs):
+            if job.feed and (not long or i not in long):
+                job.warm = len(job.feed)
+                tokens.append(job.feed[0])
+            else:
+                tokens.append(job.pending)
+        return DecodeBatch.from_rows(list(jobs), states, tokens, self._device)
 
-    def _step(self, batch: DecodeBatch[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
-        """One decode step for every row; finished rows leave the batch."""
+    def _step(self, batch: DecodeBatch[GenerationJob],
+              touched: dict[GenerationJob, None]) -> DecodeBatch[GenerationJob] | None:
+        """One step for every row: warming rows take their next prefix character, the others
+        emit a token; finished rows leave the batch."""
         self._m_batch.observe(len(batch))
-        logits, new_state = self._module.step(batch.tokens, batch.model_state())
-        jobs = batch.items
-        ids = choose_tokens(logits, [job.sampler for job in jobs])
-        batch.state = torch.stack(new_state)
-        batch.tokens = torch.tensor(ids, dtype=torch.long, device=self._device)
+        logits, batch.state = self._module.step(batch.tokens, batch.state)
+        ids: list[int] = logits.argmax(dim=1).tolist()  # (B,)
         keep: list[int] = []
-        for row, (job, token) in enumerate(zip(jobs, ids, strict=True)):
+        for row, job in enumerate(batch.items):
+            if job.warm:  # this step consumed a prefix character: feed the next one
+                job.warm -= 1
+                ids[row] = job.feed[-job.warm] if job.warm else job.pending
+                keep.append(row)
+                continue
+            if job.sampler is not None:
+                ids[row] = job.sampler.draw(logits[row])
+            token = ids[row]
             job.new_ids.append(token)
             job.generated += 1
+            touched[job] = None
             if self._finished(job, token):
                 job.final_state = batch.row_state(row)
                 job.final_pending = token
             else:
                 keep.append(row)
+        batch.tokens = torch.tensor(ids, dtype=torch.long, device=self._device)
         return batch.filter(keep)
 
     def _finished(self, job: GenerationJob, token: int) -> bool:
