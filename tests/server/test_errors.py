@@ -100,6 +100,10 @@ ROWS = [
     Row("classifier used for Generate", gen(model="sentiment"), INVALID, ("model", "sentiment")),
     Row("char model used for Classify", classify(["good"], model="timemachine"), INVALID,
         ("model", "timemachine")),
+    Row("keep_session with an unknown model", gen(model="ghost", keep_session=True), NOT_FOUND,
+        ("ghost",)),
+    Row("keep_session with a bad option", gen(keep_session=True, temperature=-1.0), INVALID,
+        ("temperature",)),
     Row("unknown session", gen(session_id="not-a-session"), NOT_FOUND,
         ("session_id", "not-a-session")),
     Row("unknown session, empty prefix", gen("", session_id="zzz"), NOT_FOUND, ("session_id",)),
@@ -149,6 +153,8 @@ async def test_rejected_requests_are_counted_by_status(make_server, connect, met
     assert invalid == sum(r.code == INVALID for r in ROWS)
     assert not_found == sum(r.code == NOT_FOUND for r in ROWS)
     assert not view.matching("rnnserve_requests_total", code="INTERNAL")
+    # no failed request left a session behind
+    assert view.value("rnnserve_sessions_active", model="timemachine") == 0
 
 
 # --------------------------------------------------------------------- RESOURCE_EXHAUSTED
@@ -163,6 +169,9 @@ async def test_admission_limit_gives_resource_exhausted(make_server, connect):
             assert "timemachine" in info.value.details
             with pytest.raises(ResourceExhaustedError):
                 await drain(client.stream("time", max_tokens=5))
+            with pytest.raises(ResourceExhaustedError):  # and no session is left behind
+                await client.generate("time", max_tokens=5, keep_session=True)
+            assert len(server.sessions) == 0
             assert await client.health() == "SERVING"
         # the long stream was cancelled; its slot comes back
         for _ in range(200):
