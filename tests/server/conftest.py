@@ -118,3 +118,21 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], *, timeout: float
 def poll() -> Callable[..., Awaitable[None]]:
     """``await poll(async_predicate, timeout=..., what=...)``: a bounded wait loop."""
     return wait_until
+
+
+
+@pytest.fixture
+def make_server(make_server, request):  # noqa: F811 - wraps tests/conftest.py's factory
+    """tests/conftest.py's factory; /metrics is only served when the test scrapes it.
+
+    Stopping a metrics HTTP server costs ~0.4 s (its serve loop polls every 0.5 s), which adds
+    up over the dozens of servers these tests start.
+    """
+    wants_metrics = "metrics_of" in request.fixturenames
+
+    async def factory(**overrides: Any):
+        if not wants_metrics:
+            overrides.setdefault("metrics_port", -1)
+        return await make_server(**overrides)
+
+    return factory
