@@ -6,9 +6,10 @@ Rules, in order:
 - ``grpc.health.v1.Health`` is always open (load balancers and orchestrators probe it).
 - ``rnnserve.v1.AdminService`` needs the admin token. A data token there is PERMISSION_DENIED
   (known client, wrong privilege); no token or an unknown one is UNAUTHENTICATED.
-- Every other service (including server reflection) needs a data token when data tokens are
-  configured; the admin token is not a data token (PERMISSION_DENIED). With no data tokens
-  configured, those services are open.
+- Server reflection takes a data token or the admin token (grpcurl resolves admin methods
+  through it), and is open when no data tokens are configured.
+- Every other service needs a data token when data tokens are configured; the admin token is
+  not a data token (PERMISSION_DENIED). With no data tokens configured, they are open.
 
 Tokens are compared in constant time: the presented token and every known one are reduced to
 SHA-256 digests (so lengths leak nothing) and compared with :func:`hmac.compare_digest`, over
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 AUTH_KEY = "authorization"
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 ADMIN_PREFIX = "/rnnserve.v1.AdminService/"
+REFLECTION_PREFIX = "/grpc.reflection."
 
 
 def _digest(token: str) -> bytes:
@@ -142,6 +144,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity is not None:
             return None, identity
         if self._admin and self._admin.identify(token) is not None:
+            if method.startswith(REFLECTION_PREFIX):
+                return None, ""
             return (grpc.StatusCode.PERMISSION_DENIED,
                     "the admin token is only for AdminService calls"), ""
         return (unauthenticated, "invalid bearer token"), ""

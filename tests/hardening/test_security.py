@@ -179,6 +179,14 @@ async def test_admin_needs_the_admin_token(make_server, repo, tmp_path):
             pytest.fail("a data token was accepted for an admin call")
         reply = await admin.ReloadModel(request, metadata=bearer(ADMIN_TOKEN))
         assert reply.model.name == "timemachine" and reply.previous_version == 1
+        # grpcurl resolves admin methods through reflection, so the admin token opens it too
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request_list = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for listed in reflect.ServerReflectionInfo(iter([request_list]),
+                                                         metadata=bearer(ADMIN_TOKEN)):
+            names = {s.name for s in listed.list_services_response.service}
+            assert "rnnserve.v1.AdminService" in names
+            break
         # the admin token is not a data token
         models = models_pb2_grpc.ModelServiceStub(channel)
         assert await _code(models.ListModels(models_pb2.ListModelsRequest(),
