@@ -55,19 +55,25 @@ def parse_settings(argv: list[str] | None) -> ServerSettings:
     return load_settings(args, config)
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run until SIGTERM or SIGINT, then drain within the grace period."""
+async def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT, then drain within the grace period; returns the exit code."""
     server = build_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except (ValueError, OSError, RuntimeError) as err:  # unreadable TLS/token files, port taken
+        logger.error("cannot start: %s", err)
+        await server.stop(grace=0)
+        return 2
     logger.info("rnnserve ready: gRPC %s, metrics port %d", server.target, server.metrics_port)
     await stop.wait()
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await server.stop()
     logger.info("stopped")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnserve serve: invalid settings: {err}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,20 @@ def test_half_a_tls_configuration_is_refused(pki):
         ServerSettings(tls_client_ca_file=pki.ca)
 
 
+async def test_unreadable_tls_or_token_files_stop_the_start(make_server, repo, tmp_path, pki):
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match="tls_cert_file .*missing.pem"):
+        await make_server(model_repository=repo, tls_cert_file=missing,
+                          tls_key_file=pki.server_key)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    with pytest.raises(ValueError, match="not a PEM file"):
+        await make_server(model_repository=repo, tls_cert_file=pki.server_cert,
+                          tls_key_file=not_pem)
+    with pytest.raises(OSError):
+        await make_server(model_repository=repo, auth_tokens_file=tmp_path / "no-tokens")
+
+
 # ---------------------------------------------------------------------------------- tokens
 def test_token_parsing_and_constant_time_lookup():
     assert bearer_token([("authorization", "Bearer abc")]) == "abc"
