@@ -50,10 +50,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--model-repository", type=Path, default=REPO)
     p.add_argument("--rate", type=int, default=200)
     a = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    settings = base_settings(REPO, torch_threads=a.torch_threads, **MODES[a.mode])
+    settings = base_settings(a.model_repository.resolve(), torch_threads=a.torch_threads, **MODES[a.mode])
     with ServerProcess(settings) as server, tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "profile.txt"
         record = [spy, "record", "-p", str(server.pid), "-d", str(int(a.seconds)), "-r",

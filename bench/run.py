@@ -25,19 +25,19 @@ from bench import load, machine, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
-REPO = ROOT / "model_repository"
+REPO = ROOT / "model_repository"  # the shipped models (--model-repository to change)
 STREAM_CONCURRENCY = (1, 16, 64)
 UNARY_CONCURRENCY = (16, 64)
 CLASSIFY_CONCURRENCY = (1, 16, 64)
 MODES = {"on": {}, "off": {"max_batch_size": 1, "classify_max_batch_size": 1}}
 
 
-def _has_model(name: str) -> bool:
-    return any((v / "model.pt").is_file() for v in (REPO / name).glob("*"))
+def _has_model(repo: Path, name: str) -> bool:
+    return any((v / "model.pt").is_file() for v in (repo / name).glob("*"))
 
 
-def _latest_version(name: str) -> Path:
-    versions = [v for v in (REPO / name).iterdir() if v.name.isdigit() and (v / "model.pt").is_file()]
+def _latest_version(repo: Path, name: str) -> Path:
+    versions = [v for v in (repo / name).iterdir() if v.name.isdigit() and (v / "model.pt").is_file()]
     return max(versions, key=lambda v: int(v.name))
 
 
@@ -104,6 +104,7 @@ async def server_cells(server: ServerProcess, a: argparse.Namespace, classify: b
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-repository", type=Path, default=REPO)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--duration", type=float, default=3.0, help="seconds measured per load cell")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
@@ -123,24 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         "setup": "server subprocess; grpc.aio load generator in the bench process; loopback",
     }}
     started = time.perf_counter()
-    charlm = _latest_version("timemachine")
+    repo = a.model_repository.resolve()
+    results["settings"]["model_repository"] = str(repo)
+    charlm = _latest_version(repo, "timemachine")
     if "engine" not in skip:
-        _log(f"engine limit on {charlm.relative_to(ROOT)}")
+        _log(f"engine limit on {charlm}")
         results["engine_limit"] = _subprocess_json(
             ["bench.engine_limit", "--model-dir", str(charlm), "--threads", str(a.torch_threads)])
     if "sessions" not in skip:
         _log(f"idle sessions RSS ({a.sessions})")
-        settings = base_settings(REPO, torch_threads=a.torch_threads)
+        settings = base_settings(repo, torch_threads=a.torch_threads)
         results["sessions_rss"] = _subprocess_json(
             ["bench.sessions_rss", "--settings", json.dumps(settings), "--counts", a.sessions,
              "--corpus", str(DATA / "timemachine" / "timemachine.txt")])
     if "server" not in skip:
-        classify = _has_model("sentiment")
+        classify = _has_model(repo, "sentiment")
         if not classify:
             _log("no sentiment model in the repository: Classify cells skipped")
         results["server"] = {}
         for mode in a.modes.split(","):
-            settings = base_settings(REPO, torch_threads=a.torch_threads, **MODES[mode])
+            settings = base_settings(repo, torch_threads=a.torch_threads, **MODES[mode])
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))

@@ -43,7 +43,8 @@ class ClassificationBatcher:
         self._max_queued = max_queued
         self._queue: list[tuple[list[int], asyncio.Future[Scored]]] = []
         self._unanswered = 0  # texts submitted whose request has not returned yet
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # set when a text arrives
+        self._full: asyncio.Event | None = None  # set when max_batch_size texts wait
         self._task: asyncio.Task[None] | None = None
         self._m_queue = metrics.queue_depth.labels(name, "classification")
         self._m_batch = metrics.batch_size.labels(name, "classification")
@@ -51,6 +52,7 @@ class ClassificationBatcher:
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
@@ -81,8 +83,12 @@ class ClassificationBatcher:
         self._queue.extend(zip(rows, futures, strict=True))
         self._m_queue.set(len(self._queue))
         self._wake.set()
+        if len(self._queue) >= self._max_batch:
+            self._full.set()  # type: ignore[union-attr]
         self._unanswered += len(rows)
         try:
+            if len(futures) == 1:  # the common case: no gather machinery per request
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except asyncio.CancelledError:
             for future in futures:
@@ -105,16 +111,17 @@ class ClassificationBatcher:
                 await self._wake.wait()
                 continue
             if len(self._queue) < self._max_batch and self._max_wait > 0:
-                deadline = loop.time() + self._max_wait
-                while len(self._queue) < self._max_batch and loop.time() < deadline:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-                    except TimeoutError:
-                        break
+                # one wait per batch (not one wake-up per arriving text): until full or timed out
+                self._full.clear()  # type: ignore[union-attr]
+                try:
+                    await asyncio.wait_for(self._full.wait(), self._max_wait)  # type: ignore[union-attr]
+                except TimeoutError:
+                    pass
             batch = [(r, f) for r, f in self._queue[: self._max_batch] if not f.done()]
             del self._queue[: self._max_batch]
             self._m_queue.set(len(self._queue))
+            if len(self._queue) < self._max_batch:
+                self._full.clear()  # type: ignore[union-attr]
             if not batch:
                 continue
             self._m_batch.observe(len(batch))

@@ -8,8 +8,11 @@ decode batch*: its row is fed the prefix characters one step at a time (outputs 
 costs about 1/B of a step per character instead of a separate model call that would stall every
 other stream; only a long prefix (``PREFILL_MIN_TOKENS`` or more) is consumed first in one packed
 ``model.prefill`` call. All torch work runs on the device's executor thread, never on the event
-loop; the loop only admits work and hands the tokens of each call to the waiting requests, so
-several steps' characters travel in one message (coalescing).
+loop. While there is work, each executor call queues the next one itself (behind any classifier
+batch waiting for the same device thread) and hands its tokens to the loop with
+``call_soon_threadsafe``: the device never waits for the loop, and the loop only admits work and
+passes each job the characters of a call in one piece (coalescing: one stream message carries up
+to ``max_steps_per_iteration`` characters).
 
 ``max_batch_size = 1`` restores one-at-a-time execution (what batching buys is measured with it).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -98,6 +102,18 @@ class Outbox:
         return text, self.tokens
 
 
+@dataclass
+class _CallResult:
+    """What one executor call hands to the loop (read there while the next call may run)."""
+
+    tokens: list[tuple[GenerationJob, list[int], int, bool]]  # job, new ids, generated, finished
+    dropped: list[GenerationJob]  # cancelled, left without finishing
+    steps: int
+    batch_size: int  # rows left in the batch
+    failed: list[GenerationJob]
+    error: Exception | None
+
+
 class GenerationEngine:
     """Owns all execution of one char language model."""
 
@@ -115,8 +131,10 @@ class GenerationEngine:
         self._waiting: deque[GenerationJob] = deque()  # appended on the loop, taken on the executor
         self._active = 0  # jobs submitted and not yet finished or dropped
         self._batch: DecodeBatch[GenerationJob] | None = None  # touched on the executor only
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # guards _scheduled/_closed between loop and executor
+        self._scheduled = False  # a _drive call is queued or running on the executor
+        self._closed = False
         m = metrics
         self._m_queue = m.queue_depth.labels(name, "generation")
         self._m_active = m.active_generations.labels(name)
@@ -130,17 +148,12 @@ class GenerationEngine:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"engine:{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        with self._lock:
+            self._closed = True  # a running _drive finishes its call and does not come back
         error = RnnserveError("the server is shutting down")
         while self._waiting:
             self._waiting.popleft().outbox.fail(error)
@@ -152,7 +165,7 @@ class GenerationEngine:
     # --- admission -----------------------------------------------------------------------------
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum."""
-        if self._wake is None:
+        if self._loop is None or self._closed:
             raise RuntimeError("engine not started")
         if self._active >= self._max_active:
             self._m_rejected.inc()
@@ -165,82 +178,114 @@ class GenerationEngine:
         self._active += 1
         self._waiting.append(job)
         self._m_queue.set(len(self._waiting))
-        self._wake.set()
+        with self._lock:
+            if self._scheduled:
+                return  # the running chain admits it at its next step boundary
+            self._scheduled = True
+        self._executor.submit(self._drive)
 
-    # --- the loop ------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        while True:
-            if not self._waiting and self._batch is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            started = time.perf_counter()
-            touched, dropped, ran, failed, error = await loop.run_in_executor(
-                self._executor, self._iterate, self._max_steps
-            )
-            if error is not None:  # a model failure fails the jobs it touched, not the server
-                logger.error("generation step failed on model %s", self.name, exc_info=error)
-                self._fail(failed, error)
-            self._dispatch(touched, dropped, (time.perf_counter() - started) / max(ran, 1))
-            self._m_queue.set(len(self._waiting))
+    # --- the chain of executor calls -----------------------------------------------------------
+    def _drive(self) -> None:
+        """One executor call: up to ``max_steps`` steps, then hand the tokens to the loop and,
+        while there is work, queue the next call behind whatever else waits for the device (the
+        classifier's batches), so the device thread never waits on the event loop."""
+        started = time.perf_counter()
+        result = self._iterate(self._max_steps)
+        self._post(result, (time.perf_counter() - started) / max(result.steps, 1))
+        with self._lock:
+            if self._closed or (self._batch is None and not self._waiting):
+                self._scheduled = False
+                return
+        try:
+            self._executor.submit(self._drive)
+        except RuntimeError:  # the executor was shut down
+            with self._lock:
+                self._scheduled = False
 
-    def _fail(self, jobs: list[GenerationJob], error: Exception) -> None:
-        for job in jobs:
-            job.outbox.fail(error)
-        self._active -= len(jobs)
+    def _post(self, result: _CallResult, step_seconds: float | None) -> None:
+        """From the executor: have the loop deliver ``result``."""
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, result,  # type: ignore[union-attr]
+                                            step_seconds)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            self._closed = True
 
-    def _dispatch(self, touched: list[GenerationJob], dropped: list[GenerationJob],
-                  step_seconds: float) -> None:
+    def _deliver(self, result: _CallResult, step_seconds: float | None) -> None:
+        """On the loop: hand each job its tokens (one piece per job per call), settle counts.
+
+        ``step_seconds`` is None for an early delivery of first tokens in the middle of a call.
+        """
         now = time.perf_counter()
-        produced = 0
-        self._active -= len(dropped)
-        if dropped:
-            self._m_cancelled.inc(len(dropped))
+        if result.error is not None:  # a model failure fails the jobs it touched, not the server
+            logger.error("generation step failed on model %s", self.name, exc_info=result.error)
+            for job in result.failed:
+                job.outbox.fail(result.error)
+            self._active -= len(result.failed)
+        if result.dropped:
+            self._active -= len(result.dropped)
+            self._m_cancelled.inc(len(result.dropped))
         itos = self._itos
-        for job in touched:
+        produced = 0
+        for job, ids, generated, finished in result.tokens:
             if job.outbox.done:  # failed in this call
                 continue
-            ids = job.new_ids
-            if ids and job.generated == len(ids):
+            if generated == len(ids):
                 self._m_ttft.observe(now - job.submitted_at)
-            if ids:
+            if step_seconds is not None:
                 self._m_itl.observe(step_seconds)
             produced += len(ids)
-            job.new_ids = []
-            job.outbox.put("".join([itos[i] for i in ids]), len(ids), done=job.finish is not None)
-            if job.finish is not None:
+            job.outbox.put("".join([itos[i] for i in ids]), len(ids), done=finished)
+            if finished:
                 self._active -= 1
         self._m_tokens.inc(produced)
-        self._m_active.set(len(self._batch) if self._batch else 0)
+        if step_seconds is not None:
+            self._m_active.set(result.batch_size)
+            self._m_queue.set(len(self._waiting))
 
     # --- model work (executor thread) ----------------------------------------------------------
-    def _iterate(self, steps: int) -> tuple[list[GenerationJob], list[GenerationJob], int,
-                                            list[GenerationJob], Exception | None]:
+    def _iterate(self, steps: int) -> _CallResult:
         """Run up to ``steps`` decode steps, admitting and dropping sequences between steps.
 
-        Returns (touched: jobs that produced tokens, dropped: cancelled jobs, steps run,
-        failed jobs, the error that failed them).
+        A job's first token is posted to the loop as soon as it exists (time to first token does
+        not wait for the end of the call); the rest of the call's tokens go at its end.
         """
         touched: dict[GenerationJob, None] = {}  # insertion-ordered set
+        firsts: list[GenerationJob] = []
         dropped: list[GenerationJob] = []
         admitting: list[GenerationJob] = []
         batch, self._batch = self._batch, None
         ran = 0
+        failed: list[GenerationJob] = []
+        error: Exception | None = None
         with torch.inference_mode():
             try:
                 for _ in range(steps):
                     batch = self._boundary(batch, dropped, admitting)
                     if batch is None:
                         break
-                    batch = self._step(batch, touched)
+                    batch = self._step(batch, touched, firsts)
                     ran += 1
+                    if firsts:
+                        self._post(_CallResult(self._take_tokens(firsts, touched), [], 0, 0, [],
+                                               None), None)
+                        firsts.clear()
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which fails the jobs
                 failed = (batch.items if batch is not None else []) + admitting
-                return list(touched), dropped, ran, failed, exc
+                batch, error = None, exc
         self._batch = batch
-        return list(touched), dropped, ran, [], None
+        return _CallResult(self._take_tokens(list(touched), touched), dropped, ran,
+                           len(batch) if batch is not None else 0, failed, error)
+
+    @staticmethod
+    def _take_tokens(jobs: list[GenerationJob], touched: dict[GenerationJob, None]
+                     ) -> list[tuple[GenerationJob, list[int], int, bool]]:
+        """Snapshot and clear the jobs' new tokens (the loop reads them while we go on)."""
+        out = []
+        for job in jobs:
+            out.append((job, job.new_ids, job.generated, job.finish is not None))
+            job.new_ids = []
+            del touched[job]
+        return out
 
     def _boundary(self, batch: DecodeBatch[GenerationJob] | None, dropped: list[GenerationJob],
                   admitting: list[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
@@ -293,8 +338,8 @@ class GenerationEngine:
                 tokens.append(job.pending)
         return DecodeBatch.from_rows(list(jobs), states, tokens, self._device)
 
-    def _step(self, batch: DecodeBatch[GenerationJob],
-              touched: dict[GenerationJob, None]) -> DecodeBatch[GenerationJob] | None:
+    def _step(self, batch: DecodeBatch[GenerationJob], touched: dict[GenerationJob, None],
+              firsts: list[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
         """One step for every row: warming rows take their next prefix character, the others
         emit a token; finished rows leave the batch."""
         self._m_batch.observe(len(batch))
@@ -313,6 +358,8 @@ class GenerationEngine:
             job.new_ids.append(token)
             job.generated += 1
             touched[job] = None
+            if job.generated == 1:
+                firsts.append(job)
             if self._finished(job, token):
                 job.final_state = batch.row_state(row)
                 job.final_pending = token
