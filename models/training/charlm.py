@@ -37,14 +37,14 @@ class CharLMTrainConfig:
     cell: str = "lstm"
     num_hiddens: int = 256
     num_layers: int = 2
-    dropout: float = 0.3
+    dropout: float = 0.5
     batch_size: int = 32
     num_steps: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
     epochs: int = 60
     patience: int = 6
-    lr_patience: int = 2
+    lr_patience: int = 1
     lr_factor: float = 0.5
     clip: float = 1.0
     seed: int = 0

@@ -31,10 +31,19 @@ from .common import file_sha256, seed_everything, select_device, set_threads
 logger = logging.getLogger(__name__)
 
 
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kind = type(f.default)
+        kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
         parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
 
 

@@ -88,7 +88,8 @@ def _sentences():
 def test_sentiment_loss_falls():
     pos, neg = _sentences()
     cfg = SentimentTrainConfig(embedding_dim=8, hidden_dim=8, seq_length=8, min_freq=1,
-                               batch_size=8, lr=2e-2, epochs=5, patience=10, drop_prob=0.1)
+                               batch_size=8, lr=2e-2, epochs=5, patience=10, drop_prob=0.1,
+                               word_dropout=0.1, embedding_init_std=0.1, monitor="accuracy")
     result = train_sentiment(pos + neg, [1] * len(pos) + [0] * len(neg), cfg, show_progress=False)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
