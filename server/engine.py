@@ -6,13 +6,17 @@ every step boundary, inside the call, cancelled sequences leave, finished ones l
 final state, and queued newcomers join while there is room. A newcomer's prefix warms up *in the
 decode batch*: its row is fed the prefix characters one step at a time (outputs discarded), which
 costs about 1/B of a step per character instead of a separate model call that would stall every
-other stream; only a long prefix (``PREFILL_MIN_TOKENS`` or more) is consumed first in one packed
-``model.prefill`` call. All torch work runs on the device's executor thread, never on the event
-loop. While there is work, each executor call queues the next one itself (behind any classifier
-batch waiting for the same device thread) and hands its tokens to the loop with
-``call_soon_threadsafe``: the device never waits for the loop, and the loop only admits work and
-passes each job the characters of a call in one piece (coalescing: one stream message carries up
-to ``max_steps_per_iteration`` characters).
+other stream. A long prefix (``PREFILL_MIN_TOKENS`` or more), every prefix joining a big batch
+(``PREFILL_BATCH_ROWS``; there a step is long, and a prefix warmed up in it would make its first
+token wait one long step per character; those newcomers join at the start of an executor call)
+and every prefix joining an empty batch is consumed first in one packed ``model.prefill`` call.
+
+All torch work runs on the device's executor thread, never on the event loop. While there is
+work, each executor call queues the next one itself (behind any classifier batch waiting for the
+same device thread) and hands its tokens to the loop with ``call_soon_threadsafe``: the device
+never waits for the loop, and the loop only admits work and passes each job the characters of a
+call in one piece (coalescing: one stream message carries up to ``max_steps_per_iteration``
+characters; a first token is posted at once).
 
 ``max_batch_size = 1`` restores one-at-a-time execution (what batching buys is measured with it).
 """
@@ -37,6 +41,7 @@ from rnnserve.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 PREFILL_MIN_TOKENS = 64  # a prefix this long is consumed in one packed call, not in the batch
+PREFILL_BATCH_ROWS = 32  # joining a batch this big, every prefix is prefilled (at a call's start)
 
 
 class FinishReason(StrEnum):
@@ -259,8 +264,8 @@ class GenerationEngine:
         error: Exception | None = None
         with torch.inference_mode():
             try:
-                for _ in range(steps):
-                    batch = self._boundary(batch, dropped, admitting)
+                for step in range(steps):
+                    batch = self._boundary(batch, dropped, admitting, step == 0)
                     if batch is None:
                         break
                     batch = self._step(batch, touched, firsts)
@@ -288,14 +293,27 @@ class GenerationEngine:
         return out
 
     def _boundary(self, batch: DecodeBatch[GenerationJob] | None, dropped: list[GenerationJob],
-                  admitting: list[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
-        """Between two steps: cancelled rows leave, queued jobs join while there is room."""
+                  admitting: list[GenerationJob], call_start: bool
+                  ) -> DecodeBatch[GenerationJob] | None:
+        """Between two steps: cancelled rows leave, queued jobs join while there is room.
+
+        Joining a small batch, a prefix warms up in the batch (a warming row costs 1/B of a
+        step per character, and the newcomer joins at once). Joining a big batch
+        (``PREFILL_BATCH_ROWS``), where every step is long, the newcomers of a whole call are
+        prefilled together at its start instead, so that their first token does not wait one
+        long step per prefix character; joining an empty batch, they are prefilled too (the
+        packed call runs the recurrence in C++, faster than one step call per character).
+        """
         if batch is not None:
             items = batch.items
             if any(job.cancelled for job in items):
                 dropped.extend(job for job in items if job.cancelled)
                 batch = batch.filter([i for i, job in enumerate(items) if not job.cancelled])
-        room = self._max_batch - (len(batch) if batch is not None else 0)
+        rows = len(batch) if batch is not None else 0
+        big = rows >= PREFILL_BATCH_ROWS
+        if big and not call_start:
+            return batch
+        room = self._max_batch - rows
         waiting = self._waiting
         while room > len(admitting) and waiting:
             job = waiting.popleft()  # deque: safe against the loop's appends
@@ -304,13 +322,14 @@ class GenerationEngine:
             else:
                 admitting.append(job)
         if admitting:
-            joined = self._join(admitting)
+            joined = self._join(admitting, prefill_all=big or rows == 0)
             admitting.clear()
             batch = joined if batch is None else batch.concatenate(joined)
         return batch
 
-    def _join(self, jobs: list[GenerationJob]) -> DecodeBatch[GenerationJob]:
-        """Rows for newcomers: short prefixes warm up in the batch, long ones are prefilled."""
+    def _join(self, jobs: list[GenerationJob], prefill_all: bool) -> DecodeBatch[GenerationJob]:
+        """Rows for newcomers: prefixes are prefilled in one packed call when long (or when
+        ``prefill_all``), else they warm up in the batch."""
         module = self._module
         zero = None
         states: list[torch.Tensor] = []
@@ -321,17 +340,20 @@ class GenerationEngine:
                 states.append(zero)
             else:
                 states.append(job.state)
-        long = [i for i, job in enumerate(jobs) if len(job.feed) >= PREFILL_MIN_TOKENS]
-        if long:
-            self._m_prefill_batch.observe(len(long))
-            start = torch.stack([states[i] for i in long], dim=2)  # (S, L, B, H)
-            _, new_state = module.prefill([jobs[i].feed for i in long], tuple(start.unbind(0)))
+        prefill = [i for i, job in enumerate(jobs)
+                   if job.feed and (prefill_all or len(job.feed) >= PREFILL_MIN_TOKENS)]
+        if prefill:
+            self._m_prefill_batch.observe(len(prefill))
+            start = torch.stack([states[i] for i in prefill], dim=2)  # (S, L, B, H)
+            _, new_state = module.prefill([jobs[i].feed for i in prefill],
+                                          tuple(start.unbind(0)))
             new = torch.stack(new_state)  # (S, L, B, H)
-            for row, i in enumerate(long):
+            for row, i in enumerate(prefill):
                 states[i] = new[:, :, row]
+        prefilled = set(prefill)
         tokens: list[int] = []
         for i, job in enumerate(jobs):
-            if job.feed and (not long or i not in long):
+            if job.feed and i not in prefilled:
                 job.warm = len(job.feed)
                 tokens.append(job.feed[0])
             else:
