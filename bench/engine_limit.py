@@ -6,8 +6,8 @@ server's and nothing else shares the interpreter; prints one JSON object.
 - ``step`` at batch B: ``logits, state = net.step(tokens, state); tokens = logits.argmax(1)``
   in a loop, B sequences advancing together: what the engine could do with zero overhead.
 - ``predict_ch8``: seed 000's function, verbatim (``nn`` module forward one step at a time,
-  batch 1), on the same checkpoint; timed under ``torch.no_grad()`` (the stricter baseline) and
-  as d2l calls it (autograd on).
+  batch 1), on the same checkpoint; timed under ``torch.no_grad()`` and as d2l calls it
+  (autograd on); the target compares with the faster of the two.
 """
 
 from __future__ import annotations

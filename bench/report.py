@@ -50,9 +50,11 @@ def targets(results: dict) -> list[dict]:
         50.0, False, "ms")
     add("TTFT p50 at c=1 (batching on)", _stream(results, "on", 1).get("ttft_p50_ms"),
         3.0, False, "ms")
-    add("single stream tokens/s / seed predict_ch8 (no_grad)",
-        ratio(_stream(results, "on", 1).get("tokens_per_s"),
-              _get(results, "engine_limit", "predict_ch8_tokens_per_s")), 3.0, True, "x")
+    seed = [v for v in (_get(results, "engine_limit", "predict_ch8_tokens_per_s"),
+                        _get(results, "engine_limit", "predict_ch8_autograd_tokens_per_s")) if v]
+    add("single stream tokens/s / seed predict_ch8 (the faster of its two timings)",
+        ratio(_stream(results, "on", 1).get("tokens_per_s"), max(seed) if seed else None),
+        3.0, True, "x")
     add("Classify c=64 requests/s, batching on / off",
         ratio(_classify(results, "on", 64).get("requests_per_s"),
               _classify(results, "off", 64).get("requests_per_s")), 4.0, True, "x")
