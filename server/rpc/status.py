@@ -9,6 +9,7 @@ with one log line (request id, method, model, status, duration) and its metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -118,9 +119,14 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 self.metrics.in_flight.labels(name).inc()
                 try:
                     await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
-                    async for item in fn(self, request, context):
-                        yield item
-                except asyncio.CancelledError:
+                    # aclosing: when this generator is closed, the servicer's closes at once
+                    async with contextlib.aclosing(fn(self, request, context)) as items:
+                        async for item in items:
+                            yield item
+                except (asyncio.CancelledError, GeneratorExit):
+                    # a client that goes away while we wait raises CancelledError; one that
+                    # goes away while gRPC is sending our last message closes this generator
+                    # at its yield (GeneratorExit)
                     record.cancelled(context)
                     raise
                 except grpc.aio.AbortError:

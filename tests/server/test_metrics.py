@@ -152,3 +152,28 @@ async def test_client_chosen_names_do_not_become_unbounded_metric_labels(server,
               for lbl, _ in view.matching(name)}
     assert not any(label.startswith("made-up") for label in labels), sorted(labels)
     assert len(labels) <= 4, sorted(labels)
+
+
+async def test_every_cancelled_stream_is_counted_as_cancelled(make_server, connect, metrics_of,
+                                                             poll):
+    """A client that goes away mid-stream is CANCELLED, whether the server was waiting for
+    the engine (asyncio.CancelledError) or busy sending (GeneratorExit at the yield)."""
+    server = await make_server(max_tokens_limit=100_000)
+    cancels = 20
+    async with connect(server) as client:
+        for i in range(cancels):
+            stream = client.stream("the time", max_tokens=100_000)
+            async with contextlib.aclosing(stream):
+                await anext(stream)
+                await asyncio.sleep(0.01 * (i % 3))
+
+        async def all_dropped() -> bool:
+            view = await metrics_of(server)
+            return view.value("rnnserve_cancelled_generations_total", model=MODEL) == cancels
+        await poll(all_dropped, timeout=10, what="the engine to drop every cancelled stream")
+        assert (await client.generate("time", max_tokens=3)).generated_tokens == 3
+    view = await metrics_of(server)
+    counted = {lbl["code"]: v for lbl, v in view.matching("rnnserve_requests_total",
+                                                          method="GenerateStream")}
+    assert counted == {"CANCELLED": cancels}
+    assert view.value("rnnserve_requests_in_flight", method="GenerateStream") == 0
