@@ -1,7 +1,9 @@
 """Choosing the next character from a step's logits: greedy argmax or seeded sampling.
 
 Each sequence carries its own options and its own random generator, so what it draws never
-depends on which other sequences share its batch.
+depends on which other sequences share its batch. Sampling never draws ``<unk>`` (index 0): it
+is no character, and a text holding it could not be sent back to continue the session exactly.
+Greedy decoding keeps the plain argmax, as the seed's ``predict_ch8`` does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class DecodingOptions:
         return self.temperature == 0.0
 
 
+UNK = 0  # the vocabulary's <unk> index
+
+
 class Sampler:
     """Draws tokens for one sequence from its logits rows (on the CPU, with its own generator)."""
 
@@ -41,6 +46,8 @@ class Sampler:
         # float64: any temperature in (0, 100] from a float32 field stays finite (float32
         # logits / 1e-38 overflow to inf, and softmax of inf is NaN)
         scores = logits.detach().to("cpu", torch.float64) / opts.temperature  # (V,)
+        if scores.numel() > UNK + 1:
+            scores[UNK] = float("-inf")
         if 0 < opts.top_k < scores.numel():
             kth = torch.topk(scores, opts.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -54,11 +61,3 @@ class Sampler:
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
-
-def choose_tokens(logits: torch.Tensor, samplers: list[Sampler | None]) -> list[int]:
-    """Next token for each row of ``logits`` (B, V): argmax where the sampler is None."""
-    tokens = logits.argmax(dim=1).tolist()  # (B,)
-    for row, sampler in enumerate(samplers):
-        if sampler is not None:
-            tokens[row] = sampler.draw(logits[row])
-    return tokens

@@ -117,6 +117,7 @@ class _CallResult:
     batch_size: int  # rows left in the batch
     failed: list[GenerationJob]
     error: Exception | None
+    row_errors: list[tuple[GenerationJob, Exception]] = field(default_factory=list)
 
 
 class GenerationEngine:
@@ -157,11 +158,25 @@ class GenerationEngine:
         self._closed = False
 
     async def stop(self) -> None:
+        """Refuse new work and fail what is left (queued or still in the batch)."""
         with self._lock:
             self._closed = True  # a running _drive finishes its call and does not come back
         error = RnnserveError("the server is shutting down")
+        left: list[GenerationJob] = []
+        try:  # behind any running call on the device thread, then the batch is ours
+            left = await asyncio.get_running_loop().run_in_executor(self._executor, self._abandon)
+        except RuntimeError:  # the executor is already shut down
+            pass
         while self._waiting:
-            self._waiting.popleft().outbox.fail(error)
+            left.append(self._waiting.popleft())
+        for job in left:
+            if not job.outbox.done:
+                job.outbox.fail(error)
+        self._active = 0
+
+    def _abandon(self) -> list[GenerationJob]:
+        batch, self._batch = self._batch, None
+        return list(batch.items) if batch is not None else []
 
     @property
     def active(self) -> int:
@@ -226,6 +241,10 @@ class GenerationEngine:
             for job in result.failed:
                 job.outbox.fail(result.error)
             self._active -= len(result.failed)
+        for job, exc in result.row_errors:  # one request's failure, not its batch mates'
+            logger.error("generation failed on model %s", self.name, exc_info=exc)
+            job.outbox.fail(exc)
+        self._active -= len(result.row_errors)
         if result.dropped:
             self._active -= len(result.dropped)
             self._m_cancelled.inc(len(result.dropped))
@@ -261,6 +280,7 @@ class GenerationEngine:
         batch, self._batch = self._batch, None
         ran = 0
         failed: list[GenerationJob] = []
+        row_errors: list[tuple[GenerationJob, Exception]] = []
         error: Exception | None = None
         with torch.inference_mode():
             try:
@@ -268,7 +288,7 @@ class GenerationEngine:
                     batch = self._boundary(batch, dropped, admitting, step == 0)
                     if batch is None:
                         break
-                    batch = self._step(batch, touched, firsts)
+                    batch = self._step(batch, touched, firsts, row_errors)
                     ran += 1
                     if firsts:
                         self._post(_CallResult(self._take_tokens(firsts, touched), [], 0, 0, [],
@@ -278,8 +298,10 @@ class GenerationEngine:
                 failed = (batch.items if batch is not None else []) + admitting
                 batch, error = None, exc
         self._batch = batch
+        for job, _ in row_errors:
+            touched.pop(job, None)
         return _CallResult(self._take_tokens(list(touched), touched), dropped, ran,
-                           len(batch) if batch is not None else 0, failed, error)
+                           len(batch) if batch is not None else 0, failed, error, row_errors)
 
     @staticmethod
     def _take_tokens(jobs: list[GenerationJob], touched: dict[GenerationJob, None]
@@ -361,9 +383,11 @@ class GenerationEngine:
         return DecodeBatch.from_rows(list(jobs), states, tokens, self._device)
 
     def _step(self, batch: DecodeBatch[GenerationJob], touched: dict[GenerationJob, None],
-              firsts: list[GenerationJob]) -> DecodeBatch[GenerationJob] | None:
+              firsts: list[GenerationJob], row_errors: list[tuple[GenerationJob, Exception]]
+              ) -> DecodeBatch[GenerationJob] | None:
         """One step for every row: warming rows take their next prefix character, the others
-        emit a token; finished rows leave the batch."""
+        emit a token; finished rows leave the batch, and so does a row whose sampling fails
+        (that request fails alone)."""
         self._m_batch.observe(len(batch))
         logits, batch.state = self._module.step(batch.tokens, batch.state)
         ids: list[int] = logits.argmax(dim=1).tolist()  # (B,)
@@ -375,7 +399,13 @@ class GenerationEngine:
                 keep.append(row)
                 continue
             if job.sampler is not None:
-                ids[row] = job.sampler.draw(logits[row])
+                try:
+                    ids[row] = job.sampler.draw(logits[row])
+                except Exception as exc:  # noqa: BLE001 - handed to the loop, fails this job
+                    row_errors.append((job, exc))
+                    if job in firsts:
+                        firsts.remove(job)
+                    continue
             token = ids[row]
             job.new_ids.append(token)
             job.generated += 1

@@ -315,10 +315,6 @@ async def test_a_request_that_is_not_valid_protobuf_is_refused_cleanly(server, a
     await assert_healthy(aclient)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: the engine fails every job of its decode batch when one row's step raises "
-    "(the whole executor call fails), so one bad request turns its batch mates' calls into "
-    "INTERNAL"))
 async def test_one_failing_generation_does_not_fail_its_batch_mates(server, connect, monkeypatch):
     from rnnserve.server import decoding
 

@@ -238,10 +238,6 @@ async def test_least_recently_used_sessions_are_evicted_past_the_cap(make_server
         assert view.value("rnnserve_sessions_active", model=MODEL) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a sampled <unk> (index 0) is sent as the 5 characters '<unk>', so the text the "
-    "client sees is not the session's text (re-encoding it gives 5 <unk> tokens, not 1) and "
-    "generated_tokens != len(text)"))
 async def test_session_text_is_the_text_the_client_saw_even_when_sampling_unk(aclient):
     """At a very high temperature every index is drawn, <unk> included."""
     for seed in range(1, 9):
