@@ -1,8 +1,11 @@
 """The seed documents' code, verbatim, as test oracles (shared by every test that needs it).
 
-Seed 000 (d2l.ai chapter 8): ``RNNModel`` and ``predict_ch8``; ``SeedVocab`` is the part of
-d2l's ``Vocab`` that ``predict_ch8`` uses (unknown tokens map to index 0, ``<unk>``).
+Seed 000 (d2l.ai chapter 8): ``RNNModel`` and ``predict_ch8``; seed 001: ``SentimentRNN``.
+``SeedVocab`` is the part of d2l's ``Vocab`` that ``predict_ch8`` uses (unknown tokens map to
+index 0, ``<unk>``).
 """
+
+# ruff: noqa: E731, UP008  (the seed code below is kept verbatim)
 
 from __future__ import annotations
 
@@ -64,6 +67,82 @@ def predict_ch8(prefix, num_preds, net, vocab, device):  #@save
         y, state = net(get_input(), state)
         outputs.append(int(y.argmax(dim=1).reshape(1)))
     return ''.join([vocab.idx_to_token[i] for i in outputs])
+# ------------------------------------------------------------------------------ end of seed
+
+
+# ----------------------------------------------------------------------- seed 001, verbatim
+class SentimentRNN(nn.Module):
+    def __init__(self, no_layers, vocab_size, hidden_dim, embedding_dim,
+                 output_dim, drop_prob=0.5, bidirectional=False):
+        super(SentimentRNN, self).__init__()
+
+        self.hidden_dim = hidden_dim
+        self.no_layers = no_layers
+        self.bidirectional = bidirectional
+
+        # embedding layer
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+
+        # LSTM
+        self.lstm = nn.LSTM(
+            input_size=embedding_dim,
+            hidden_size=hidden_dim,
+            num_layers=no_layers,
+            batch_first=True,
+            dropout=drop_prob if no_layers > 1 else 0,
+            bidirectional=bidirectional
+        )
+
+        # 计算 LSTM 输出维度
+        lstm_output_dim = hidden_dim * 2 if bidirectional else hidden_dim
+
+        # 注意力机制(可选)
+        self.attention = nn.Sequential(
+            nn.Linear(lstm_output_dim, lstm_output_dim),
+            nn.Tanh(),
+            nn.Linear(lstm_output_dim, 1)
+        )
+
+        # dropout
+        self.dropout = nn.Dropout(drop_prob)
+
+        # 全连接层
+        self.fc = nn.Linear(lstm_output_dim, output_dim)
+        self.sig = nn.Sigmoid()
+
+    def forward(self, x, hidden=None):
+        batch_size = x.size(0)
+
+        if hidden is None:
+            hidden = self.init_hidden(batch_size)
+
+        # embeddings
+        embeds = self.dropout(self.embedding(x))
+
+        # LSTM
+        lstm_out, hidden = self.lstm(embeds, hidden)
+
+        attention_weights = self.attention(lstm_out)  # (batch_size, seq_len, 1)
+        attention_weights = torch.softmax(attention_weights, dim=1)
+        context = torch.sum(attention_weights * lstm_out, dim=1)  # (batch_size, hidden_dim)
+
+        # 分类
+        out = self.dropout(context)
+        out = self.fc(out)
+        sig_out = self.sig(out)
+
+        return sig_out, hidden
+
+    def init_hidden(self, batch_size):
+        device = next(self.parameters()).device
+        num_directions = 2 if self.bidirectional else 1
+
+        h0 = torch.zeros(self.no_layers * num_directions, batch_size, self.hidden_dim).to(device)
+        c0 = torch.zeros(self.no_layers * num_directions, batch_size, self.hidden_dim).to(device)
+
+        return h0, c0
+
+
 # ------------------------------------------------------------------------------ end of seed
 
 
