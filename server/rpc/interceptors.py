@@ -231,13 +231,24 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
                 async for item in inner(request, context):
                     yield item
                 return
+            # The bound covers each wait for the next message, never a ``yield``: a timeout
+            # that fired while this generator sat at a yield would cancel the handler inside
+            # gRPC's own write, outside this try, and the call would hang.
+            deadline = asyncio.get_running_loop().time() + seconds
+            messages = inner(request, context)
             try:
-                async with asyncio.timeout(seconds) as bound:
-                    SERVER_DEADLINE.set(bound)
-                    async for item in inner(request, context):
-                        yield item
+                while True:
+                    async with asyncio.timeout_at(deadline) as bound:
+                        SERVER_DEADLINE.set(bound)
+                        try:
+                            item = await anext(messages)
+                        except StopAsyncIteration:
+                            return
+                    yield item
             except TimeoutError:
                 await context.abort(code, _deadline_message(seconds))
+            finally:
+                await messages.aclose()
 
         return handler._replace(**{kind: streaming})
 
