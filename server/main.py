@@ -68,7 +68,8 @@ async def serve(settings: ServerSettings) -> int:
         logger.error("cannot start: %s", err)
         await server.stop(grace=0)
         return 2
-    logger.info("rnnserve ready: gRPC %s, metrics port %d", server.target, server.metrics_port)
+    logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host, server.port,
+                server.metrics_port)
     await stop.wait()
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await server.stop()
