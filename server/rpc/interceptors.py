@@ -219,6 +219,27 @@ def _deadline_message(seconds: float) -> str:
             "(send a deadline with the call to choose another)")
 
 
+class _StreamBound:
+    """The default deadline of one streaming call (``expired()`` as on ``asyncio.Timeout``)."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self._task = task
+        self.waiting = False
+        self._expired = False
+
+    def expired(self) -> bool:
+        return self._expired
+
+    def fire(self) -> None:
+        self._expired = True
+        if self.waiting and self._task is not None:
+            self._task.cancel()
+
+    def uncancel(self) -> None:
+        if self._task is not None:
+            self._task.uncancel()
+
+
 def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHandler:
     kind = _kind(handler)
     inner = getattr(handler, kind)
@@ -231,23 +252,32 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
                 async for item in inner(request, context):
                     yield item
                 return
-            # The bound covers each wait for the next message, never a ``yield``: a timeout
-            # that fired while this generator sat at a yield would cancel the handler inside
-            # gRPC's own write, outside this try, and the call would hang.
-            deadline = asyncio.get_running_loop().time() + seconds
+            # One timer per call. It cancels the handler only while it waits for the next
+            # message, never at a ``yield``: a cancel landing at a yield would hit gRPC's own
+            # write, outside this try, and the call would hang. A bound that passes during a
+            # write is seen as soon as the write returns.
+            bound = _StreamBound(asyncio.current_task())
+            SERVER_DEADLINE.set(bound)
+            timer = asyncio.get_running_loop().call_later(seconds, bound.fire)
             messages = inner(request, context)
             try:
-                while True:
-                    async with asyncio.timeout_at(deadline) as bound:
-                        SERVER_DEADLINE.set(bound)
-                        try:
-                            item = await anext(messages)
-                        except StopAsyncIteration:
-                            return
+                while not bound.expired():
+                    bound.waiting = True
+                    try:
+                        item = await anext(messages)
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.CancelledError:
+                        if not bound.expired():
+                            raise
+                        bound.uncancel()
+                        break
+                    finally:
+                        bound.waiting = False
                     yield item
-            except TimeoutError:
                 await context.abort(code, _deadline_message(seconds))
             finally:
+                timer.cancel()
                 await messages.aclose()
 
         return handler._replace(**{kind: streaming})

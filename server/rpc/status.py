@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from rnnserve.server import errors
@@ -38,7 +38,13 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
 
 REQUEST_ID_KEY = "x-request-id"
 
-SERVER_DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar(
+class Expiring(Protocol):
+    """A bound that can tell whether it has passed (``asyncio.Timeout`` is one)."""
+
+    def expired(self) -> bool: ...
+
+
+SERVER_DEADLINE: ContextVar[Expiring | None] = ContextVar(
     "rnnserve_server_deadline", default=None
 )
 """The default deadline the server put on the current call (set by the deadline interceptor)."""
