@@ -37,10 +37,6 @@ class DecodeBatch(Generic[T]):
         return cls(items, tuple(state.unbind(0)),
                    torch.tensor(tokens, dtype=torch.long, device=device))
 
-    def model_state(self) -> tuple[torch.Tensor, ...]:
-        """The state as the model takes it: S tensors of ``(L, B, H)``."""
-        return self.state
-
     def concatenate(self, other: DecodeBatch[T]) -> DecodeBatch[T]:
         return DecodeBatch(
             self.items + other.items,

@@ -169,8 +169,6 @@ def load_settings(
 ) -> ServerSettings:
     """Build settings: ``overrides`` (flags) win over the environment, which wins over the file."""
     file_values = read_settings_file(config_file) if config_file else {}
-    base = ServerSettings(**file_values) if file_values else None
-    env_values = ServerSettings().model_dump(exclude_unset=True) if base else {}
-    merged = {**(base.model_dump(exclude_unset=True) if base else {}), **env_values}
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return ServerSettings(**merged)
+    env_values = ServerSettings().model_dump(exclude_unset=True)  # the RNNSERVE_* variables set
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return ServerSettings(**{**file_values, **env_values, **flags})

@@ -109,6 +109,29 @@ async def _abort(context: grpc.aio.ServicerContext, record: CallRecord, exc: Bas
                         f"internal error; request id {record.rid} (details are in the server log)")
 
 
+@contextlib.asynccontextmanager
+async def _boundary(servicer: Any, method: str, request: Any,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[CallRecord]:
+    """One call's record, in-flight gauge, error sorting, log line and metrics."""
+    record = CallRecord(method, servicer.model_label(request), request_id(context))
+    servicer.metrics.in_flight.labels(method).inc()
+    try:
+        yield record
+    except (asyncio.CancelledError, GeneratorExit):
+        # a client that goes away while we wait raises CancelledError; one that goes away
+        # while gRPC is sending a stream's last message closes the stream at its yield
+        # (GeneratorExit)
+        record.cancelled(context)
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
+        await _abort(context, record, exc)
+    finally:
+        servicer.metrics.in_flight.labels(method).dec()
+        record.finish(servicer.metrics)
+
+
 def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a servicer method (unary coroutine or server-streaming async generator).
 
@@ -121,47 +144,20 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             @functools.wraps(fn)
             async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[Any]:
-                record = CallRecord(name, self.model_label(request), request_id(context))
-                self.metrics.in_flight.labels(name).inc()
-                try:
+                async with _boundary(self, name, request, context) as record:
                     await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
                     # aclosing: when this generator is closed, the servicer's closes at once
                     async with contextlib.aclosing(fn(self, request, context)) as items:
                         async for item in items:
                             yield item
-                except (asyncio.CancelledError, GeneratorExit):
-                    # a client that goes away while we wait raises CancelledError; one that
-                    # goes away while gRPC is sending our last message closes this generator
-                    # at its yield (GeneratorExit)
-                    record.cancelled(context)
-                    raise
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
-                    await _abort(context, record, exc)
-                finally:
-                    self.metrics.in_flight.labels(name).dec()
-                    record.finish(self.metrics)
 
             return streaming
 
         @functools.wraps(fn)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record = CallRecord(name, self.model_label(request), request_id(context))
-            self.metrics.in_flight.labels(name).inc()
-            try:
+            async with _boundary(self, name, request, context) as record:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
                 return await fn(self, request, context)
-            except asyncio.CancelledError:
-                record.cancelled(context)
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
-                await _abort(context, record, exc)
-            finally:
-                self.metrics.in_flight.labels(name).dec()
-                record.finish(self.metrics)
 
         return unary
 
