@@ -73,6 +73,7 @@ class RnnServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._loaded = False  # the repository's first load has finished
         self.secure = settings.tls_cert_file is not None
 
     @property
@@ -128,6 +129,7 @@ class RnnServer:
         logger.info("gRPC on %s:%d (%s)", s.host, self.port,
                     "mutual TLS" if s.tls_client_ca_file else "TLS" if self.secure else "plaintext")
         await self.registry.load_all()
+        self._loaded = True
         await self._update_health()
         self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
         if s.model_repository_poll_s > 0:
@@ -151,7 +153,8 @@ class RnnServer:
 
     async def _update_health(self) -> None:
         entries = self.registry.entries()
-        any_ready = any(e.state is ModelState.READY for e in entries)
+        # the whole server serves once every model of the repository has had its first load
+        any_ready = self._loaded and any(e.state is ModelState.READY for e in entries)
         await self.health.set("", SERVING if any_ready else NOT_SERVING)
         await self.health.set(MODEL_SERVICE, SERVING)
         await self.health.set(

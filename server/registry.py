@@ -393,6 +393,9 @@ class ModelRegistry:
         name = name or self.default_name(kind)
         if not name:
             what = "generation model" if kind == CHARLM else "classifier"
+            if any(e.state is ModelState.LOADING for e in self._entries.values()):
+                raise ModelNotReadyError(f"<default {what}>", "loading",
+                                         "the repository's models are still loading")
             raise NoDefaultModelError(what, list(self._entries))
         entry = self.entry(name)
         if entry.state is not ModelState.READY:
