@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto bench soak clean
+.PHONY: setup serve test lint proto bench bench-peers soak clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,19 @@ proto: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# Classify against Seldon MLServer on the same model (docs/bench.md); MLServer gets its own venv.
+PEERS_VENV := bench/.peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): bench/peers-requirements.txt pyproject.toml
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers-requirements.txt
+	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(PEERS_STAMP)
+
+bench-peers: setup $(PEERS_STAMP)
+	$(BIN)/python -m bench.peers
 
 # Load past the admission limits for 2 minutes on loopback; exits 1 on a leak or a bad status.
 soak: setup
