@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,14 @@ class ClassificationBatcher:
     """Owns all execution of one classifier."""
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
-                 max_batch_size: int, max_wait_ms: float, max_queued: int) -> None:
+                 max_batch_size: int, max_wait_ms: float, max_queued: int,
+                 threads: StepThreads | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (classifier)
         self.name = name
         self._module = model.module
         self._device = torch.device(model.device)
         self._executor = executor
+        self._threads = threads or StepThreads()
         self._max_batch = max_batch_size
         self._max_wait = max_wait_ms / 1000.0
         self._max_queued = max_queued
@@ -141,6 +144,7 @@ class ClassificationBatcher:
                     future.set_result(result)
 
     def _score(self, rows: list[list[int]]) -> list[Scored]:
+        self._threads.apply(len(rows))
         with torch.inference_mode():
             x = torch.tensor(rows, dtype=torch.long, device=self._device)  # (B, S)
             probs, attention = self._module.score(x)  # (B,), (B, S)

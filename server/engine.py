@@ -37,6 +37,7 @@ from rnnserve.server.batch import DecodeBatch
 from rnnserve.server.decoding import DecodingOptions, Sampler
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,15 @@ class GenerationEngine:
     """Owns all execution of one char language model."""
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
-                 max_batch_size: int, max_active: int, max_steps_per_iteration: int) -> None:
+                 max_batch_size: int, max_active: int, max_steps_per_iteration: int,
+                 threads: StepThreads | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (charlm)
         self.name = name
         self._module = model.module
         self._device = torch.device(model.device)
         self._itos: list[str] = model.vocab.idx_to_token
         self._executor = executor
+        self._threads = threads or StepThreads()  # torch threads per step, by its size
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
@@ -389,6 +392,7 @@ class GenerationEngine:
         emit a token; finished rows leave the batch, and so does a row whose sampling fails
         (that request fails alone)."""
         self._m_batch.observe(len(batch))
+        self._threads.apply(len(batch))
         logits, batch.state = self._module.step(batch.tokens, batch.state)
         ids: list[int] = logits.argmax(dim=1).tolist()  # (B,)
         keep: list[int] = []

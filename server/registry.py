@@ -48,6 +48,7 @@ from rnnserve.server.errors import (
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.requests import ModelDescription
 from rnnserve.server.settings import ServerSettings
+from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class ModelRegistry:
         self._info_labels: dict[str, tuple[str, ...]] = {}
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
+        self._threads = StepThreads(settings.torch_threads)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="rnnserve-loader")
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -291,13 +293,13 @@ class ModelRegistry:
             runner = GenerationEngine(
                 loaded, name, executor, self._metrics,
                 max_batch_size=s.max_batch_size, max_active=s.max_active_generations,
-                max_steps_per_iteration=s.max_steps_per_iteration,
+                max_steps_per_iteration=s.max_steps_per_iteration, threads=self._threads,
             )
         else:
             runner = ClassificationBatcher(
                 loaded, name, executor, self._metrics,
                 max_batch_size=s.classify_max_batch_size, max_wait_ms=s.classify_max_wait_ms,
-                max_queued=s.max_queued_texts,
+                max_queued=s.max_queued_texts, threads=self._threads,
             )
         await runner.start()
         return runner

@@ -34,7 +34,9 @@ class ServerSettings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may run before being cut."
     )
     max_concurrent_streams: int = Field(
-        100, ge=1, description="Most calls in flight on one client connection (HTTP/2 streams)."
+        1024, ge=1, description="Most calls in flight on one client connection (HTTP/2 streams); "
+        "well above the callers a client runs on one channel, so that stream churn never turns "
+        "into REFUSED_STREAM (UNAVAILABLE).",
     )
     default_deadline_s: float = Field(
         300.0, ge=0,
@@ -79,7 +81,10 @@ class ServerSettings(BaseSettings):
     default_classifier: str = Field(
         "", description="Model used when a Classify request names none ('' = first classifier)."
     )
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads per model step (0 = chosen per step by its "
+        "size: one per 32 rows, at most the usable cores minus one; see server/threads.py).",
+    )
     max_checkpoint_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest model.pt accepted, in bytes (checked before reading)."
     )
