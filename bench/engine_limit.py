@@ -67,14 +67,18 @@ def predict_ch8_tokens_per_s(net: torch.nn.Module, vocab: object, duration: floa
 
 
 def measure(model_dir: Path, threads: int, duration: float, batches: list[int]) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
+    from rnnserve.server.threads import StepThreads
+
+    step_threads = StepThreads(threads)  # 0: per batch size, as the server's engine chooses
+    step_threads.apply(1)
     loaded = load_model(model_dir, "cpu")
     net, vocab = loaded.module, loaded.vocab
     out: dict = {"model": f"{loaded.name}/{loaded.version}", "torch_threads": torch.get_num_threads(),
-                 "step_tokens_per_s": {}}
+                 "step_tokens_per_s": {}, "step_threads": {}}
     for b in batches:
+        out["step_threads"][str(b)] = step_threads.apply(b)
         out["step_tokens_per_s"][str(b)] = step_tokens_per_s(net, b, duration)
+    step_threads.apply(1)
     out["predict_ch8_tokens_per_s"] = predict_ch8_tokens_per_s(net, vocab, duration, True)
     out["predict_ch8_autograd_tokens_per_s"] = predict_ch8_tokens_per_s(net, vocab, duration / 2,
                                                                         False)

@@ -8,8 +8,8 @@ Both servers serve rnnserve's shipped ``sentiment`` model on 127.0.0.1 (ephemera
   5 ms, its other settings at their defaults (one parallel inference worker process, metrics on)
   except ``debug`` off (MLServer's default logs every request);
 - **rnnserve** on its defaults (``rnnserve serve``: the server settings' defaults, device CPU,
-  metrics on an ephemeral port), plus any ``--rnnserve-set NAME=VALUE``, printed beside the
-  figures.
+  metrics on an ephemeral port) except log level WARNING (INFO logs a line per request), plus
+  any ``--rnnserve-set NAME=VALUE``, all printed beside the figures.
 
 For each concurrency the two cells run back to back (the order alternates between rounds), each
 in a fresh load-generator subprocess (:mod:`bench.peers_load`: same driver, MLServer's through
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench import machine, report
 from bench.report import _f
-from bench.run import review_texts
+from bench.run import BENCH_CHANGES, review_texts
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 VENV = ROOT / "bench" / ".peers-venv"
@@ -183,7 +183,7 @@ def markdown(results: dict) -> str:
         f"{results['uptime_end']}.",
         f"MLServer {results['mlserver']['version']}: {results['mlserver']['batching']}, "
         f"debug {results['mlserver']['debug']}, other settings default. rnnserve: defaults"
-        + (f" + {results['rnnserve']['changed']}" if results['rnnserve']['changed'] else "")
+        + "".join(f", {k}={v}" for k, v in results['rnnserve']['changed'].items())
         + f". Cells: {results['settings']['duration_s']} s measured after "
         f"{results['settings']['warmup_s']} s warm-up, one text per request, one channel.",
         "",
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                      "model": str(model_dir)},
         "mlserver": {"version": version, "debug": a.mlserver_debug,
                      "batching": "adaptive batching max_batch_size 64, max_batch_time 5 ms"},
-        "rnnserve": {"changed": changed},
+        "rnnserve": {"changed": {**BENCH_CHANGES, **changed}},
         "rows": [],
     }
     started = time.perf_counter()

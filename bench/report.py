@@ -29,6 +29,18 @@ def _classify(results: dict, mode: str, c: int) -> dict:
     return {}
 
 
+def status_failures(results: dict) -> list[tuple[str, dict[str, int]]]:
+    """Every load cell that saw a non-OK status (none is expected in any cell): where, counts."""
+    out = []
+    for mode, cells in (_get(results, "server") or {}).items():
+        for rpc, rows in cells.items():
+            for cell in rows:
+                if cell.get("statuses"):
+                    out.append((f"{rpc} batching {mode} c={cell['concurrency']}",
+                                cell["statuses"]))
+    return out
+
+
 def targets(results: dict) -> list[dict]:
     """Each target: what it compares, the measured ratio or value, the bound, pass/fail."""
     out: list[dict] = []
@@ -75,17 +87,23 @@ def markdown(results: dict) -> str:
     m = results.get("machine", {})
     lines = [
         f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), torch {m.get('torch')}, "
-        f"server torch threads {results.get('settings', {}).get('torch_threads')}, "
+        f"server torch threads {results.get('settings', {}).get('torch_threads') or 'per step'}, "
         f"Python {m.get('python')}; {m.get('date')}; load average at start "
         f"{m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}.",
         "",
     ]
+    changes = _get(results, "settings", "server_changes") or {}
+    if changes:
+        shown = "; ".join(f"batching {mode}: " + (", ".join(f"{k}={v}" for k, v in c.items()) or "none")
+                          for mode, c in changes.items())
+        lines += [f"Server settings changed from the defaults (besides addresses and device cpu): "
+                  f"{shown}.", ""]
     el = results.get("engine_limit")
     if el:
         steps = el["step_tokens_per_s"]
         lines += [
             f"**Engine limit** (`{el['model']}`, no RPC, greedy `step` + argmax, "
-            f"{el['torch_threads']} torch thread(s)):",
+            f"torch threads per batch {el.get('step_threads') or el['torch_threads']}):",
             "",
             "| batch 1 | batch 16 | batch 64 | seed `predict_ch8` (no_grad) | "
             "seed `predict_ch8` (autograd on, as d2l calls it) |",
@@ -152,6 +170,12 @@ def markdown(results: dict) -> str:
                 f"{_f(p['bytes_per_session'])} |"
             )
         lines.append("")
+    failures = status_failures(results)
+    if server:
+        lines += ["**Non-OK statuses**: " + ("; ".join(
+            f"{where}: " + ", ".join(f"{k} {v}" for k, v in sorted(st.items()))
+            for where, st in failures) + " — FAIL (none is expected)" if failures
+            else "none in any cell."), ""]
     lines += ["**Targets:**", "", "| target | measured | bound | result |", "|---|---:|---:|---|"]
     for t in results.get("targets", []):
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")

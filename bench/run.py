@@ -3,10 +3,12 @@
 Setup (2-core CPU machine in mind): the server under test runs in a subprocess
 (:mod:`bench.server_proc`), the load generator is this process with ``grpc.aio`` (one channel,
 C concurrent closed-loop callers, generated stubs), both on 127.0.0.1 with an ephemeral port.
-The engine limit and the idle-session RSS run in their own subprocesses. The server gets
-``torch_threads`` (default 1: the load generator needs the other core; the engine limit is
-measured with the same count). "Batching off" is ``max_batch_size=1`` and
-``classify_max_batch_size=1``; everything else is the default settings.
+The engine limit and the idle-session RSS run in their own subprocesses. The server runs on
+the default settings (torch threads chosen per step by the engine; the engine limit chooses the
+same way) apart from addresses, CPU device, log level WARNING and the overrides a mode or
+``--torch-threads`` asks for, all printed beside the figures. "Batching off" is
+``max_batch_size=1`` and ``classify_max_batch_size=1``. Every non-OK status is counted per cell;
+a cell with any fails the run (exit status 1).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ STREAM_CONCURRENCY = (1, 16, 64)
 UNARY_CONCURRENCY = (16, 64)
 CLASSIFY_CONCURRENCY = (1, 16, 64)
 MODES = {"on": {}, "off": {"max_batch_size": 1, "classify_max_batch_size": 1}}
+BENCH_CHANGES = {"log_level": "WARNING"}  # what base_settings changes that costs or saves time
 
 
 def _has_model(repo: Path, name: str) -> bool:
@@ -108,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--duration", type=float, default=3.0, help="seconds measured per load cell")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch threads of the server and the engine-limit process (0 = torch's)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="fix the torch threads of the server and the engine limit (0 = the "
+                        "server's default: chosen per step)")
     p.add_argument("--stream-max-tokens", type=int, default=100)
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
@@ -124,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         "setup": "server subprocess; grpc.aio load generator in the bench process; loopback",
     }}
     started = time.perf_counter()
+    changed = {"torch_threads": a.torch_threads} if a.torch_threads else {}
+    results["settings"]["server_changes"] = {mode: {**BENCH_CHANGES, **changed, **MODES[mode]}
+                                             for mode in a.modes.split(",")}
     repo = a.model_repository.resolve()
     results["settings"]["model_repository"] = str(repo)
     charlm = _latest_version(repo, "timemachine")
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             ["bench.engine_limit", "--model-dir", str(charlm), "--threads", str(a.torch_threads)])
     if "sessions" not in skip:
         _log(f"idle sessions RSS ({a.sessions})")
-        settings = base_settings(repo, torch_threads=a.torch_threads)
+        settings = base_settings(repo, **changed)
         results["sessions_rss"] = _subprocess_json(
             ["bench.sessions_rss", "--settings", json.dumps(settings), "--counts", a.sessions,
              "--corpus", str(DATA / "timemachine" / "timemachine.txt")])
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             _log("no sentiment model in the repository: Classify cells skipped")
         results["server"] = {}
         for mode in a.modes.split(","):
-            settings = base_settings(repo, torch_threads=a.torch_threads, **MODES[mode])
+            settings = base_settings(repo, **changed, **MODES[mode])
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(results, a.out)
     print(report.markdown(results))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
-    return 0
+    return 1 if report.status_failures(results) else 0
 
 
 if __name__ == "__main__":
