@@ -21,6 +21,7 @@ when any cell had one. Prints a markdown table with ratios and the targets, writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -124,6 +125,33 @@ class MLServerProcess:
             self._tmp = None
 
 
+class FloorProcess:
+    """:mod:`bench.grpc_floor` (a bare grpc.aio Classify answering a constant) in a subprocess."""
+
+    def __enter__(self) -> FloorProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor"], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("READY "):
+            self.__exit__()
+            raise RuntimeError("the gRPC floor server did not start")
+        self.target = f"127.0.0.1:{int(line.split()[1])}"
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def run_cell(python: Path, protocol: str, target: str, pid: int, c: int,
              a: argparse.Namespace) -> dict:
     args = [str(python), "-m", "bench.peers_load", "--protocol", protocol, "--target", target,
@@ -202,6 +230,19 @@ def markdown(results: dict) -> str:
             f"{rn['server_cpu_cores']:.2f} | {_f(rn['server_cpu_ms_per_request'], 2)} | "
             f"{_fmt_statuses(rn)} | "
             f"{_f(row['ratio_requests_per_s'], 2)} x | {_f(row['ratio_latency_p50'], 2)} x |")
+    floors = [row for row in results["rows"] if "floor" in row]
+    if floors:
+        lines += ["", "Server CPU time per request (ms), the same cells, against the floor of a bare "
+                  "grpc.aio server answering a constant (`bench/grpc_floor.py`, no model):", "",
+                  "| round | conc. | floor req/s | floor | rnnserve | MLServer | rnnserve − floor "
+                  "| MLServer − floor |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in floors:
+            fl, rn, ml = (row[k].get("server_cpu_ms_per_request") for k in
+                          ("floor", "rnnserve", "mlserver"))
+            lines.append(
+                f"| {row['round']} | {row['concurrency']} | {row['floor']['requests_per_s']:,.0f} | "
+                f"{_f(fl, 3)} | {_f(rn, 3)} | {_f(ml, 3)} | "
+                f"{_f(rn - fl if rn and fl else None, 3)} | {_f(ml - fl if ml and fl else None, 3)} |")
     lines += ["", "| target | measured | bound | result |", "|---|---:|---:|---|"]
     for t in results["targets"]:
         v = t["value"]
@@ -222,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     p.add_argument("--rnnserve-set", action="append", default=[], metavar="NAME=VALUE",
                    help="override an rnnserve server setting (printed with the figures)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the gRPC floor cells (bench/grpc_floor.py: no model, no checks)")
     p.add_argument("--mlserver-debug", action="store_true",
                    help="MLServer's default debug mode (an access-log line per request)")
     a = p.parse_args(argv)
@@ -253,12 +296,16 @@ def main(argv: list[str] | None = None) -> int:
          f"on {model_dir}")
     log_path = a.out.parent / "mlserver.log"
     with MLServerProcess(model_dir, log_path, a.mlserver_debug) as mls, \
-            ServerProcess(settings) as rns:
+            ServerProcess(settings) as rns, contextlib.ExitStack() as stack:
         servers = {"mlserver": (VENV / "bin" / "python", "oip", mls),
                    "rnnserve": (Path(sys.executable), "rnnserve", rns)}
+        if not a.no_floor:
+            floor = stack.enter_context(FloorProcess())
+            servers["floor"] = (Path(sys.executable), "rnnserve", floor)
         for r in range(a.rounds):
             for c in map(int, a.concurrency.split(",")):
                 order = ["mlserver", "rnnserve"] if (r % 2 == 0) else ["rnnserve", "mlserver"]
+                order += ["floor"] if "floor" in servers else []
                 row: dict = {"round": r + 1, "concurrency": c, "first": order[0]}
                 for name in order:
                     python, protocol, server = servers[name]

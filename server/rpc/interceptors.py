@@ -201,6 +201,10 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, default_s: float) -> None:
         self._default_s = default_s
+        # method -> (handler, bounded handler): a method's handler is the same object on every
+        # call (unless an interceptor before this one makes a new one), so the wrapper is made
+        # once per method, not once per call
+        self._bounded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -208,10 +212,15 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or \
-                handler_call_details.method.startswith(OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or handler.request_streaming or method.startswith(OPEN_PREFIXES):
             return handler
-        return _bounded(handler, self._default_s)
+        cached = self._bounded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        bounded = _bounded(handler, self._default_s)
+        self._bounded[method] = (handler, bounded)
+        return bounded
 
 
 def _deadline_message(seconds: float) -> str:
