@@ -92,7 +92,7 @@ class RnnServer:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         credentials = server_credentials(s)
-        server = grpc.aio.server(interceptors=build_interceptors(s), options=[
+        server = grpc.aio.server(interceptors=build_interceptors(s, self.metrics), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),

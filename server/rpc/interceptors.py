@@ -30,7 +30,9 @@ from typing import Any
 
 import grpc
 from rnnserve.server.identity import set_current_client, token_identity
+from rnnserve.server.metrics import Metrics
 from rnnserve.server.rpc.status import SERVER_DEADLINE
+from rnnserve.server.rpc.wire import WireInterceptor
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -295,8 +297,10 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
     return handler._replace(**{kind: call})
 
 
-def build_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors the settings ask for: auth first (a refused call costs nothing more)."""
+def build_interceptors(settings: ServerSettings, metrics: Metrics
+                       ) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors the settings ask for: auth first (a refused call costs nothing more),
+    the message parser last (it wraps the servicer itself, see ``rpc/wire.py``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     data = data_tokens(settings)
     admin = admin_tokens(settings) if settings.admin_enabled else TokenSet([])
@@ -306,4 +310,5 @@ def build_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerIntercep
         interceptors.append(AuthInterceptor(data, admin))
     if settings.default_deadline_s > 0:
         interceptors.append(DeadlineInterceptor(settings.default_deadline_s))
+    interceptors.append(WireInterceptor(metrics))
     return interceptors
