@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from rnnserve.client import cli
 from rnnserve.client._render import models_table
 from rnnserve.client._types import ModelInfo
 from rnnserve.models.training.cli import build_parser as train_parser
