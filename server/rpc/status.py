@@ -38,6 +38,10 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
 
 REQUEST_ID_KEY = "x-request-id"
 
+FIELD_LIMITS = {"model": 64, "name": 64, "session_id": 128}
+"""Longest value of every id/name field of any request (characters). Model names match
+``NAME_RE`` (64 at most); session ids are server-made (24)."""
+
 class Expiring(Protocol):
     """A bound that can tell whether it has passed (``asyncio.Timeout`` is one)."""
 
@@ -48,6 +52,15 @@ SERVER_DEADLINE: ContextVar[Expiring | None] = ContextVar(
     "rnnserve_server_deadline", default=None
 )
 """The default deadline the server put on the current call (set by the deadline interceptor)."""
+
+
+def check_fields(request: Any) -> None:
+    """INVALID_ARGUMENT for any id/name field of ``request`` past its limit (never echoed)."""
+    for field, limit in FIELD_LIMITS.items():
+        value = getattr(request, field, None)
+        if isinstance(value, str) and len(value) > limit:
+            raise errors.InvalidArgumentError(
+                field, f"has {len(value)} characters, more than the limit of {limit}")
 
 
 def status_of(error: errors.RnnserveError) -> grpc.StatusCode:
@@ -146,6 +159,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                                 ) -> AsyncIterator[Any]:
                 async with _boundary(self, name, request, context) as record:
                     await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
+                    check_fields(request)
                     # aclosing: when this generator is closed, the servicer's closes at once
                     async with contextlib.aclosing(fn(self, request, context)) as items:
                         async for item in items:
@@ -157,6 +171,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _boundary(self, name, request, context) as record:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
+                check_fields(request)
                 return await fn(self, request, context)
 
         return unary
