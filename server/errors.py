@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-
 ECHO_CHARS = 48
 
 

@@ -16,9 +16,9 @@ from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.engine import GenerationJob
 from rnnserve.server.errors import (
     InvalidArgumentError,
-    echo,
     SessionGoneReason,
     SessionNotFoundError,
+    echo,
 )
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
