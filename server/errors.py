@@ -11,6 +11,7 @@
     ├── ModelNotReadyError          the model is loading or failed to load
     ├── ModelLoadError              an admin load/reload was refused (the old version serves on)
     └── CancelledError              the client went away or the deadline passed
+        └── DeadlineExceededError   the deadline passed before the result was committed
 
 Nothing outside this tree reaches a client with its message: any other exception becomes INTERNAL
 with a generic message and a request id, and its traceback goes to the log only.
@@ -117,3 +118,10 @@ class ModelLoadError(RnnserveError):
 
 class CancelledError(RnnserveError):
     """The request was cancelled by its client or its deadline."""
+
+
+class DeadlineExceededError(CancelledError):
+    """The call's deadline passed before its result was committed; nothing was stored."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the deadline passed before {what} was committed; nothing was stored")

@@ -12,9 +12,11 @@ import math
 from collections.abc import AsyncIterator
 
 from rnnserve.models.text import normalize_chars
+from rnnserve.server.calls import call_expired
 from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.engine import GenerationJob
 from rnnserve.server.errors import (
+    DeadlineExceededError,
     InvalidArgumentError,
     SessionGoneReason,
     SessionNotFoundError,
@@ -135,6 +137,9 @@ class Generator:
             else:
                 self._sessions.release(session)
             return
+        if call_expired():  # checked at commit time: a turn reported failed changes nothing
+            self._close(session, fresh, None)
+            raise DeadlineExceededError("the turn's session state")
         self._sessions.release(session, job.final_state, job.final_pending,
                                added_tokens=prefix_tokens + job.generated)
 

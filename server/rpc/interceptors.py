@@ -228,6 +228,7 @@ class _StreamBound:
         self._task = task
         self.waiting = False
         self._expired = False
+        self.closing: asyncio.Future[None] | None = None  # the handler's close, once stuck
 
     def expired(self) -> bool:
         return self._expired
@@ -240,6 +241,41 @@ class _StreamBound:
     def uncancel(self) -> None:
         if self._task is not None:
             self._task.uncancel()
+
+
+WRITE_GRACE_S = 1.0
+"""How long past the default deadline a call may still be writing before its task is cancelled
+(a client that never reads, e.g. one announcing a zero HTTP/2 window)."""
+
+
+def _watchdog(seconds: float, close: Callable[[], None] | None = None) -> None:
+    """Cancel the current call's task if it is still running ``seconds`` from now.
+
+    The deadline itself is enforced where the handler waits (see ``_bounded``); a call can
+    still be stuck past it inside gRPC's own write, which only a client that reads can finish
+    (one that announces a zero HTTP/2 window never does). ``close`` first closes the handler's
+    messages, so that its cleanup runs at once: the turn is dropped and its session released
+    unchanged, and the call is logged and counted as DEADLINE_EXCEEDED. What gRPC's asyncio
+    server cannot do is send that client a status or reset the stream: a status waits behind
+    the unsent message, and no API cancels a server call. The stream (with the one message it
+    holds) stays until the client reads or goes away; ``max_concurrent_streams`` bounds how
+    many one connection can hold (docs/security.md).
+    """
+    task = asyncio.current_task()
+    if task is None:
+        return
+
+    def fire() -> None:
+        if task.done():
+            return
+        logger.warning("%s: still writing %.1fs past the server's deadline (the client does "
+                       "not read); dropping the call", task.get_name(), WRITE_GRACE_S)
+        if close is not None:
+            close()
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, fire)
+    task.add_done_callback(lambda _: timer.cancel())
 
 
 def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHandler:
@@ -262,6 +298,12 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
             SERVER_DEADLINE.set(bound)
             timer = asyncio.get_running_loop().call_later(seconds, bound.fire)
             messages = inner(request, context)
+
+            def close() -> None:  # the handler is suspended at a yield: closing it is safe
+                if not bound.waiting:
+                    bound.closing = asyncio.ensure_future(messages.aclose())
+
+            _watchdog(seconds + WRITE_GRACE_S, close)
             try:
                 while not bound.expired():
                     bound.waiting = True
@@ -287,6 +329,7 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if context.time_remaining() is not None:
             return await inner(request, context)
+        _watchdog(seconds + WRITE_GRACE_S)
         try:
             async with asyncio.timeout(seconds) as bound:
                 SERVER_DEADLINE.set(bound)
