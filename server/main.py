@@ -28,13 +28,20 @@ def _flag_type(annotation: Any) -> Any:
     return annotation if annotation in (int, float, str, Path) else str
 
 
+def _shown_default(value: Any) -> str:
+    if hasattr(value, "get_secret_value"):
+        return "none" if not value.get_secret_value() else "set"
+    if value is None or value == "":
+        return "none"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per settings field (``--max-batch-size`` for ``max_batch_size``), plus --config."""
     parser = argparse.ArgumentParser(
         prog="rnnserve serve",
         description="Serve the models of a model repository over gRPC. Every flag can also be "
         "set as an RNNSERVE_<NAME> environment variable or in a --config file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (JSON or TOML) with field names as keys")
@@ -45,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=_flag_type(field.annotation),
             default=None, choices=choices,
-            help=f"{field.description} [env RNNSERVE_{name.upper()}; default: {field.default}]",
+            help=f"{field.description} [env RNNSERVE_{name.upper()}; default: "
+            f"{_shown_default(field.default)}]",
         )
     return parser
 
