@@ -7,13 +7,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import test_settings as server_settings
 from rnnserve.client._render import models_table
 from rnnserve.client._types import ModelInfo
 from rnnserve.models.training.cli import build_parser as train_parser
 from rnnserve.server.app import build_server
 from rnnserve.server.main import build_parser as serve_parser
-
-from .conftest import test_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -47,7 +46,7 @@ async def test_a_taken_metrics_port_names_the_port():
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        server = build_server(test_settings(metrics_port=port))
+        server = build_server(server_settings(metrics_port=port))
         with pytest.raises(OSError) as caught:
             await server.start()
         await server.stop(grace=0)

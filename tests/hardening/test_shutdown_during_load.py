@@ -9,7 +9,7 @@ import threading
 import time
 
 import rnnserve.server.registry as registry
-from conftest import test_settings
+from conftest import test_settings as server_settings
 from rnnserve.server import main
 
 
@@ -22,7 +22,7 @@ async def test_sigterm_while_a_model_loads_stops_at_once(repo, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(registry, "load_model", slow_load)
-    serving = asyncio.create_task(main.serve(test_settings(model_repository=repo)))
+    serving = asyncio.create_task(main.serve(server_settings(model_repository=repo)))
     assert await asyncio.to_thread(started.wait, 20)
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(serving, timeout=10) == 0
