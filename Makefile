@@ -49,7 +49,7 @@ bench: setup
 	$(BIN)/python -m bench.run
 
 # Classify against Seldon MLServer on the same model (docs/bench.md); MLServer gets its own venv.
-PEERS_VENV := bench/.peers-venv
+PEERS_VENV := .venv/peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
 
 $(PEERS_STAMP): bench/peers-requirements.txt pyproject.toml

@@ -1,6 +1,6 @@
 """The MLServer runtime `make bench-peers` serves rnnserve's shipped ``sentiment`` model with.
 
-Runs inside MLServer's own virtual environment (``bench/.peers-venv``), never in rnnserve's:
+Runs inside MLServer's own virtual environment (``.venv/peers``), never in rnnserve's:
 it imports only ``mlserver`` and ``rnnserve.models`` (torch only). ``load`` reads the version
 directory named by the model settings' ``parameters.uri`` with rnnserve's safe loader;
 ``predict`` takes one BYTES input ``text`` of shape ``[N]`` (MLServer's adaptive batcher

@@ -2,7 +2,7 @@
 
 Both servers serve rnnserve's shipped ``sentiment`` model on 127.0.0.1 (ephemeral ports):
 
-- **MLServer** 1.7.1 from its own virtual environment ``bench/.peers-venv`` (``make
+- **MLServer** 1.7.1 from its own virtual environment ``.venv/peers`` (``make
   bench-peers`` creates it; pins in ``bench/peers-requirements.txt``), through the runtime
   :mod:`bench.mlserver_runtime`, adaptive batching ``max_batch_size`` 64 and ``max_batch_time``
   5 ms, its other settings at their defaults (one parallel inference worker process, metrics on)
@@ -38,7 +38,7 @@ from bench.report import _f
 from bench.run import BENCH_CHANGES, review_texts
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
-VENV = ROOT / "bench" / ".peers-venv"
+VENV = ROOT / ".venv" / "peers"  # inside .venv: what skips .venv (scans, builds) skips it
 REPO = ROOT / "model_repository"
 CONCURRENCY = (1, 16, 64)
 MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.005}  # seconds

@@ -8,7 +8,7 @@ sentence per request, every non-OK status counted by code). ``rnnserve`` calls
 ``ClassificationService/Classify`` with one text; ``oip`` calls
 ``inference.GRPCInferenceService/ModelInfer`` with one BYTES input ``text`` of shape ``[1]``,
 through MLServer's own generated stubs, so it runs with the peer's virtual environment's Python
-(``bench/.peers-venv``, where rnnserve is installed without dependencies). ``--pid`` names the
+(``.venv/peers``, where rnnserve is installed without dependencies). ``--pid`` names the
 server process whose CPU time (with its children's: MLServer's inference workers) is measured
 over the window.
 """
