@@ -79,6 +79,9 @@ class ServerSettings(BaseSettings):
     default_classifier: str = Field(
         "", description="Model used when a Classify request names none ('' = first classifier)."
     )
+    default_forecaster: str = Field(
+        "", description="Model used when a Forecast request names none ('' = first forecaster)."
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
     max_checkpoint_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest model.pt accepted, in bytes (checked before reading)."
@@ -108,6 +111,15 @@ class ServerSettings(BaseSettings):
     )
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
+    )
+
+    # --- forecasting ---------------------------------------------------------------------------
+    max_horizon: int = Field(4096, ge=1, description="Largest horizon (points) a Forecast may ask.")
+    max_series_points: int = Field(
+        65536, ge=1, description="Most observed values (points x features) one Forecast may send."
+    )
+    max_active_forecasts: int = Field(
+        512, ge=1, description="Forecasts running or queued per model; past it RESOURCE_EXHAUSTED."
     )
 
     # --- sessions ------------------------------------------------------------------------------
