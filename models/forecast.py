@@ -20,7 +20,9 @@ Serving (inference only, eval mode, no autograd), shaped like :class:`~.charlm.R
   are the seed's and never depend on its batch mates. A batched matrix multiply would change
   the last bits of a row with the batch, and a forecast feeds its outputs back, so an ulp
   grows over the horizon (measured: ~1e-6 after 40 points); the price is one small call per
-  row and layer (measured in the README).
+  row and layer (measured in the README);
+- ``step_batched``: the same step as one batched call per layer (fast; a row's last bits may
+  depend on its batch mates).
 """
 
 from __future__ import annotations
@@ -141,8 +143,13 @@ class Forecaster(nn.Module):
         return torch.cat(outs), tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
 
     @torch.no_grad()
+    def step_batched(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step for all rows in one fused-cell call per layer: ``x`` (B, F) -> (B, F)."""
+        return self.step_one(x, state)
+
+    @torch.no_grad()
     def step_one(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One step of one series: ``x`` (1, F), state S x (L, 1, H) -> ((1, F), new state).
+        """One step: ``x`` (B, F), state S x (L, B, H) -> ((B, F), new state); B = 1 here.
 
         torch's fused cells (``rnn_tanh_cell``, ``gru_cell``, ``lstm_cell``, one call per
         layer) on the module's own parameters, then the head: at batch 1 these are the very
@@ -162,12 +169,12 @@ class Forecaster(nn.Module):
             elif self.config.nonlinearity == "relu":
                 h = torch.rnn_relu_cell(x, state[0][layer], *weights)
             else:
-                h = torch.rnn_tanh_cell(x, state[0][layer], *weights)  # (1, H)
+                h = torch.rnn_tanh_cell(x, state[0][layer], *weights)  # (B, H)
             hs.append(h)
             x = h
         new_state: State = (torch.stack(hs), torch.stack(cs)) if cell == "lstm" \
             else (torch.stack(hs),)
-        return F.linear(x, self.linear.weight, self.linear.bias), new_state  # (1, F)
+        return F.linear(x, self.linear.weight, self.linear.bias), new_state  # (B, F)
 
 
 @torch.no_grad()

@@ -8,7 +8,9 @@ its observed points run through the model from its start state in one call, whos
 is its first prediction; it then joins the batch (the :class:`~rnnserve.server.batch.
 DecodeBatch` algebra, with ``(B, F)`` float points as the rows' next inputs), where each step
 feeds every row's last prediction back as its next input. Prefilling alone keeps a forecast
-independent of its batch mates; what the batched step costs or changes is measured in tests.
+independent of its batch mates, and so does the model's batch-invariant ``step`` (each row with
+batch-1 kernels); ``batch_invariant=False`` uses one batched call per step instead (faster; a
+row's last bits may then depend on its batch mates).
 
 All torch work runs on the device's executor thread, never on the event loop. A job is an
 immutable request; its progress is owned by the executor (``_Row``); the :class:`ForecastOutbox`
@@ -111,10 +113,12 @@ class ForecastEngine:
     """Owns all execution of one forecaster."""
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
-                 max_batch_size: int, max_active: int, max_steps_per_iteration: int) -> None:
+                 max_batch_size: int, max_active: int, max_steps_per_iteration: int,
+                 batch_invariant: bool = True) -> None:
         self.model = model  # rnnserve.models LoadedModel (forecast)
         self.name = name
         self._module = model.module
+        self._step_fn = self._module.step if batch_invariant else self._module.step_batched
         self._device = torch.device(model.device)
         self._executor = executor
         self._max_batch = max_batch_size
@@ -320,7 +324,7 @@ class ForecastEngine:
               ) -> DecodeBatch[_Row] | None:
         """One step for every row: each row's last prediction in, the next prediction out."""
         self._m_batch.observe(len(batch))
-        y, batch.state = self._module.step(batch.tokens, batch.state)  # (B, F)
+        y, batch.state = self._step_fn(batch.tokens, batch.state)  # (B, F)
         keep: list[int] = []
         for i, row in enumerate(batch.items):
             row.predicted += 1

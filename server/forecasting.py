@@ -37,6 +37,7 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
         loaded, name, executor, metrics,
         max_batch_size=settings.max_batch_size, max_active=settings.max_active_forecasts,
         max_steps_per_iteration=settings.max_steps_per_iteration,
+        batch_invariant=settings.forecast_batch_invariant,
     )
 
 

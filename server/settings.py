@@ -118,6 +118,11 @@ class ServerSettings(BaseSettings):
     max_series_points: int = Field(
         65536, ge=1, description="Most observed values (points x features) one Forecast may send."
     )
+    forecast_batch_invariant: bool = Field(
+        True, description="Run each forecast row with batch-1 kernels (the seed's numbers, "
+        "identical alone or batched); false: one batched call per step, faster, last bits may "
+        "depend on batch mates.",
+    )
     max_active_forecasts: int = Field(
         512, ge=1, description="Forecasts running or queued per model; past it RESOURCE_EXHAUSTED."
     )

@@ -60,9 +60,15 @@ def test_step_equals_forward(cell, layers):
         full, _ = net(x)  # (B, T, F)
         y, state = net.prefill(x[:, :2], net.zero_state(3))
         torch.testing.assert_close(y, full[:, 1], rtol=0, atol=1e-6)
+        batched = state
         for t in range(2, 6):
             y, state = net.step(x[:, t], state)
             torch.testing.assert_close(y, full[:, t], rtol=0, atol=1e-6)
+            yb, batched = net.step_batched(x[:, t], batched)
+            torch.testing.assert_close(yb, full[:, t], rtol=0, atol=1e-6)
+        for i in range(3):  # a row's step alone is the batched step's row, bit for bit
+            alone, _ = net.step(x[i : i + 1, 5], tuple(s[:, i : i + 1] for s in state))
+            assert torch.equal(alone[0], net.step(x[:, 5], state)[0][i])
 
 
 def test_config_checks(tmp_path):

@@ -82,15 +82,20 @@ async def test_forecast_equals_the_seed_stream_and_sessions(server, aclient: Asy
     assert view.value("rnnserve_requests_total", method="Forecast", model="sine", code="OK") == 4
 
 
-async def test_batched_forecasts_equal_lone_ones(make_server, connect):
-    server = await make_server(max_batch_size=16, max_steps_per_iteration=2)
+@pytest.mark.parametrize("invariant", [True, False])
+async def test_batched_forecasts_equal_lone_ones(make_server, connect, invariant):
+    server = await make_server(max_batch_size=16, max_steps_per_iteration=2,
+                               forecast_batch_invariant=invariant)
     rng = np.random.default_rng(5)
     jobs = [(SERIES[: int(rng.integers(1, 30))], int(rng.integers(1, 40))) for _ in range(24)]
     async with connect(server) as client:
         alone = [(await client.forecast(s, h)).values for s, h in jobs]
         together = await asyncio.gather(*(client.forecast(s, h) for s, h in jobs))
     for lone, batched in zip(alone, together, strict=True):
-        assert batched.values == lone  # bit for bit (DESIGN semantics 3)
+        if invariant:
+            assert batched.values == lone  # bit for bit (DESIGN semantics 3)
+        else:  # one batched call per step: the last bits may move with the batch
+            assert close(batched.values, lone, 1e-5)
 
 
 @pytest.mark.parametrize("kwargs,field", [
