@@ -45,16 +45,15 @@ class ForecastOutbox:
         self.done = False
         self.error: BaseException | None = None
         self.predicted = 0  # values put so far
-        self.final_state: torch.Tensor | None = None  # (S, L, H) after the last fed point
-        self.final_pending: torch.Tensor | None = None  # (F,) the last prediction, not yet fed
+        self.end: ForecastEnd | None = None  # where the forecast ended (set with the last values)
         self.cancelled = False  # set by the loop when the request goes away; read by the executor
 
     def put(self, values: list[float], points: int, done: bool,
-            final: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+            end: ForecastEnd | None = None) -> None:
         self._values.extend(values)
         self.predicted += points
-        if final is not None:
-            self.final_state, self.final_pending = final
+        if end is not None:
+            self.end = end
         self.done = self.done or done
         self._event.set()
 
@@ -75,6 +74,15 @@ class ForecastOutbox:
 
 
 @dataclass(frozen=True, eq=False)
+class ForecastEnd:
+    """The states a finished forecast leaves (what a session keeps)."""
+
+    observed: torch.Tensor  # (S, L, H) after the last observed point (the job's inputs)
+    predicted: torch.Tensor  # (S, L, H) after every prediction but the last
+    pending: torch.Tensor  # (F,) the last prediction: the next input when extending
+
+
+@dataclass(frozen=True, eq=False)
 class ForecastJob:
     """One forecast: points to consume, where to start, how far to predict (never mutated)."""
 
@@ -92,7 +100,8 @@ class _Row:
     job: ForecastJob
     predicted: int = 0
     new: list[torch.Tensor] = field(default_factory=list)  # (F,) predictions not yet handed over
-    final: tuple[torch.Tensor, torch.Tensor] | None = None
+    observed: torch.Tensor | None = None  # (S, L, H) after the prefill
+    final: ForecastEnd | None = None
 
 
 @dataclass
@@ -102,7 +111,7 @@ class _CallResult:
     # each row that predicted something in this call, with snapshots of its new predictions and
     # of its final (state, pending) if it finished: the executor's next call may already run
     # while the loop reads these
-    rows: list[tuple[_Row, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]]
+    rows: list[tuple[_Row, list[torch.Tensor], ForecastEnd | None]]
     dropped: int  # cancelled, left without finishing
     batch_size: int
     failed: list[ForecastJob]
@@ -306,11 +315,11 @@ class ForecastEngine:
                 start = tuple(s.unsqueeze(1) for s in job.state)  # S x (L, 1, H)
             x = job.inputs.to(self._device).unsqueeze(0)  # (1, T, F)
             y, state = module.prefill(x, start)  # (1, F), S x (L, 1, H)
-            row = _Row(job, predicted=1, new=[y[0]])
-            touched[row] = None
             row_state = torch.stack([s[:, 0] for s in state])  # (S, L, H)
+            row = _Row(job, predicted=1, new=[y[0]], observed=row_state)
+            touched[row] = None
             if job.horizon == 1:
-                row.final = (row_state, y[0].clone())
+                row.final = ForecastEnd(row_state, row_state, y[0].clone())
                 continue
             rows.append(row)
             states.append(row_state)
@@ -331,7 +340,7 @@ class ForecastEngine:
             row.new.append(y[i])
             touched[row] = None
             if row.predicted >= row.job.horizon:
-                row.final = (batch.row_state(i), y[i].clone())
+                row.final = ForecastEnd(row.observed, batch.row_state(i), y[i].clone())
             else:
                 keep.append(i)
         batch.tokens = y

@@ -2,10 +2,14 @@
 
 Semantics: from a zero state the model runs over every observed point of ``series``; its last
 output is the first prediction, and each prediction is fed back as the next input until
-``horizon`` points. A session's *series* is every point sent and predicted in it, in order; it
-keeps the state after all of them but the last (the last prediction, ``pending``, is the next
-input), so continuing a session with more points gives exactly what one stateless Forecast on
-the session's whole series would give, and continuing with none extends the forecast.
+``horizon`` points. A session's *series* is every point observed in it, in order; it keeps two
+states: after the last observed point, and after the last predicted point (with that last
+prediction, the next input). Continuing a session with more points starts from the first, so
+``Forecast(B, session)`` gives exactly what one stateless Forecast on the session's whole series
+(``A + B``) would give: new observations replace the predictions, as they would in a live
+series. Continuing with no points starts from the second: it extends the last forecast exactly
+(the points of ``Forecast(A, h1 + h2)`` after the first h1). The session holds both as one
+``(2, S, L, H)`` tensor and the last prediction as its ``pending``.
 
 Values cross the API in the data's units; a model whose config records ``scaling`` sees
 ``(x - mean) / std`` and its predictions are mapped back (sessions keep the model's space).
@@ -119,8 +123,10 @@ class Forecasting:
         device = entry.loaded.device
         x = x.to(device)
         if session is not None and session.state is not None:
-            inputs = torch.cat([session.pending.view(1, features), x])  # (1 + T, F)
-            return ForecastJob(inputs, session.state, params.horizon), x.shape[0]
+            observed, predicted = session.state  # (S, L, H) each
+            if x.shape[0]:
+                return ForecastJob(x, observed, params.horizon), x.shape[0]
+            return ForecastJob(session.pending.view(1, features), predicted, params.horizon), 0
         if x.shape[0] == 0:
             raise InvalidArgumentError("series", "must not be empty: the session holds no state")
         return ForecastJob(x, None, params.horizon), x.shape[0]
@@ -158,9 +164,12 @@ class Forecasting:
             else:
                 self._sessions.release(session)
             return
-        outbox = job.outbox
-        self._sessions.release(session, outbox.final_state, outbox.final_pending,
-                               added_tokens=observed + outbox.predicted)
+        end = job.outbox.end
+        observed_state = end.observed
+        if observed == 0 and session.state is not None:  # extended: no new observation
+            observed_state = session.state[0]
+        self._sessions.release(session, torch.stack([observed_state, end.predicted]),
+                               end.pending, added_tokens=observed + job.outbox.predicted)
 
 
 def _unscaler(loaded: LoadedModel):  # noqa: ANN202 - a small closure

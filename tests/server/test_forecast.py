@@ -61,25 +61,26 @@ async def test_forecast_equals_the_seed_stream_and_sessions(server, aclient: Asy
     assert chunks[-1].done and not any(c.done for c in chunks[:-1])
     assert chunks[-1].predicted_points == 40
 
-    # a session's series is every point sent and predicted: continuing it with B equals one
-    # stateless call on A + predictions + B; continuing with nothing extends the forecast
+    # a session's series is every point observed in it: continuing it with B equals one
+    # stateless call on A + B; continuing with nothing extends the last forecast exactly
     a, b = SERIES[:12], SERIES[12:20]
     first = await aclient.forecast(a, 5, keep_session=True)
     assert first.session_id and close(first.values, seed_forecast(seed_net, a, 5))
-    whole = a + list(first.values) + b
     second = await aclient.forecast(b, 7, session_id=first.session_id)
-    assert close(second.values, seed_forecast(seed_net, whole, 7))
+    assert close(second.values, seed_forecast(seed_net, a + b, 7))
     third = await aclient.forecast([], 3, session_id=first.session_id)
-    assert close(third.values, seed_forecast(seed_net, whole + list(second.values), 3))
-    assert await aclient.end_session(first.session_id) == 12 + 5 + 8 + 7 + 3
+    assert close(third.values, seed_forecast(seed_net, a + b, 10)[7:])
+    fourth = await aclient.forecast(SERIES[20:22], 2, session_id=first.session_id)
+    assert close(fourth.values, seed_forecast(seed_net, SERIES[:22], 2))
+    assert await aclient.end_session(first.session_id) == 12 + 5 + 8 + 7 + 3 + 2 + 2
     with pytest.raises(NotFoundError):
         await aclient.forecast([0.1], 1, session_id=first.session_id)
 
     view = await metrics_of(server)
     points = "rnnserve_forecast_points_total"
-    assert view.value(points, model="sine", phase="predicted") == 40 + 40 + 5 + 7 + 3
-    assert view.value(points, model="sine", phase="observed") == 30 + 30 + 12 + 8
-    assert view.value("rnnserve_requests_total", method="Forecast", model="sine", code="OK") == 4
+    assert view.value(points, model="sine", phase="predicted") == 40 + 40 + 5 + 7 + 3 + 2
+    assert view.value(points, model="sine", phase="observed") == 30 + 30 + 12 + 8 + 2
+    assert view.value("rnnserve_requests_total", method="Forecast", model="sine", code="OK") == 5
 
 
 @pytest.mark.parametrize("invariant", [True, False])
