@@ -28,7 +28,7 @@ class CheckpointError(Exception):
 # ---------------------------------------------------------------------------- names and paths
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`CheckpointError`."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CheckpointError(f"invalid model name {name!r}: must match {NAME_RE}")
     return name
 
@@ -71,7 +71,7 @@ def list_versions(model_dir: Path) -> list[int]:
     model_r = Path(model_dir).resolve()
     versions = []
     for entry in model_r.iterdir():
-        if VERSION_RE.match(entry.name) and entry.is_dir():
+        if VERSION_RE.fullmatch(entry.name) and entry.is_dir():
             try:
                 resolve_inside(model_r, entry)
             except CheckpointError as err:

@@ -25,7 +25,7 @@ def make_batcher(loaded: LoadedModel, name: str, executor: Executor, metrics: Me
 
 
 CLASSIFICATION: ServingKind[ClassificationBatcher] = ServingKind(
-    ModelKind.CLASSIFIER, "classifier", lambda s: s.default_classifier, make_batcher,
+    ModelKind.CLASSIFIER, "classifier", make_batcher,
 )
 
 

@@ -46,7 +46,7 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
 
 
 FORECASTING: ServingKind[ForecastEngine] = ServingKind(
-    ModelKind.FORECAST, "forecaster", lambda s: s.default_forecaster, make_engine,
+    ModelKind.FORECAST, "forecaster", make_engine,
 )
 
 

@@ -3,7 +3,7 @@
 The registry loads, versions and places models without knowing what they do. Each kind's
 serving module (``generation.py``, ``classification.py``, ``forecasting.py``) supplies one
 :class:`ServingKind`: the :class:`~rnnserve.models.ModelKind` it serves, the words for its
-errors, where its default model is configured, and the factory of its :class:`Runner` (the
+errors, and the factory of its :class:`Runner` (the
 engine or batcher that owns all execution of one loaded model). The composition root hands the
 kinds to the registry; requests get a frozen :class:`ServingModel`: one version's model and
 runner, typed by the kind that asked for it.
@@ -48,8 +48,7 @@ class ServingKind(Generic[R]):
 
     kind: ModelKind
     what: str  # the kind in words, for messages: "generation model", "classifier", ...
-    default_model: Callable[[ServerSettings], str]  # the configured default ('' = first by name)
-    make_runner: RunnerFactory[R]
+    make_runner: RunnerFactory[R]  # (its default model: ServerSettings.default_model(kind))
 
 
 @dataclass(frozen=True)
