@@ -286,6 +286,8 @@ class ModelRegistry:
     async def _start_runner(self, name: str, loaded: LoadedModel) -> Runner:
         s = self._settings
         executor = self._executors.for_device(self.device)
+        if hasattr(loaded.module, "batch_invariant"):
+            loaded.module.batch_invariant = s.batch_invariant
         runner: Runner
         if loaded.kind == CHARLM:
             runner = GenerationEngine(
