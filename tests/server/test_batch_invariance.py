@@ -59,8 +59,8 @@ def chaos_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _prefixes(rng: random.Random, n: int) -> list[str]:
-    lengths = [rng.randrange(1, 120) for _ in range(n - 3)] + [rng.randrange(200, 801)
-                                                                for _ in range(3)]
+    lengths = [rng.randrange(1, 100) for _ in range(n - 2)] + [rng.randrange(200, 801)
+                                                                for _ in range(2)]
     return ["".join(rng.choice(LETTERS) for _ in range(k)) for k in lengths]
 
 
@@ -87,7 +87,7 @@ async def test_greedy_and_seeded_sampling_alone_equal_with_15_others_in_flight(
             asks = [dict(prefix=p, model=model, max_tokens=rng.randrange(8, 24),
                          **({"temperature": 1.0, "seed": 1 + i} if i % 2 else {}))
                     for i, p in enumerate(prefixes)]
-            alone = [(await client.generate(**a)).text for a in asks]
+            alone = [(await client.generate(**a)).text for a in asks]  # one at a time
             assert len(set(alone)) > 8, "the model should say different things"
             for _ in range(2):
                 order = list(range(len(asks)))
@@ -100,26 +100,26 @@ async def test_greedy_and_seeded_sampling_alone_equal_with_15_others_in_flight(
 
 async def test_session_continuations_alone_equal_in_flight_and_stateless(chaos_server, connect):
     rng = random.Random(12)
-    model = "chaos-lstm2"
-    firsts, seconds = _prefixes(rng, 8), _prefixes(rng, 8)
+    model = "chaos-rnn1"
+    firsts, seconds = _prefixes(rng, 6), _prefixes(rng, 6)
     async with connect(chaos_server, timeout=120) as client:
         async def converse(a: str, b: str) -> tuple[str, str, str]:
-            one = await client.generate(a, model=model, max_tokens=12, keep_session=True)
-            two = await client.generate(b, model=model, max_tokens=12,
+            one = await client.generate(a, model=model, max_tokens=20, keep_session=True)
+            two = await client.generate(b, model=model, max_tokens=20,
                                         session_id=one.session_id)
             await client.end_session(one.session_id)
             return a + one.text + b, one.text, two.text
 
         alone = [await converse(a, b) for a, b in zip(firsts, seconds, strict=True)]
         busy = [lambda p=p: client.generate(p, model=model, max_tokens=20)
-                for p in _prefixes(rng, 8)]
+                for p in _prefixes(rng, 10)]
         got = await _in_flight(
             [lambda a=a, b=b: converse(a, b) for a, b in zip(firsts, seconds, strict=True)]
             + busy, rng)
-        assert [g[1:] for g in got[:8]] == [a[1:] for a in alone]
+        assert [g[1:] for g in got[:6]] == [a[1:] for a in alone]
         # a session equals one stateless call on its whole text (semantics 2), in flight too
         stateless = await _in_flight(
-            [lambda t=t: client.generate(t, model=model, max_tokens=12) for t, _, _ in alone],
+            [lambda t=t: client.generate(t, model=model, max_tokens=20) for t, _, _ in alone],
             rng)
         assert [s.text for s in stateless] == [a[2] for a in alone]
 
