@@ -45,6 +45,9 @@ def chaos_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, (name, (cell, layers)) in enumerate(MODELS.items()):
         arch = {"cell": cell, "vocab_size": len(CHARS), "num_hiddens": 128, "num_layers": layers}
         net = _scaled(RNNModel.from_config(CharLMConfig(**arch)), seed)
+        with torch.no_grad():  # never emit <unk>: a session's text then re-reads as its tokens
+            net.linear.weight[0] = 0.0
+            net.linear.bias[0] = -100.0
         save_model(repo / name / "1", net, {
             "name": name, "version": 1, "kind": "charlm", "architecture": arch, "vocab": CHARS,
             "text": {"normalization": "none"}})
