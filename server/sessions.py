@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 TOMBSTONES = 65536  # recently removed ids remembered, to tell "expired"/"evicted" from "unknown"
 
 
+def new_session_id() -> str:
+    """An unguessable, server-made session id: 128 random bits as 32 hex digits.
+
+    Hex, not URL-safe base64: an id must never begin with ``-`` (the CLI's ``--session ID`` would
+    read it as an option) and must survive any shell, URL or metadata field unquoted.
+    """
+    return secrets.token_hex(16)
+
+
 @dataclass(eq=False)
 class Session:
     """One client's conversation with one model version."""
@@ -98,7 +107,7 @@ class SessionStore:
                 )
         now = self._clock()
         session = Session(
-            id=secrets.token_urlsafe(18), model=model, version=version,
+            id=new_session_id(), model=model, version=version,
             created_at=now, last_used=now, busy=True, owner=owner,
         )
         self._sessions[session.id] = session
@@ -107,9 +116,15 @@ class SessionStore:
         self._metrics.sessions_active.labels(model).inc()
         return session
 
-    def acquire(self, session_id: str) -> Session:
-        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy."""
+    def acquire(self, session_id: str, owner: str | None = None) -> Session:
+        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy.
+
+        With ``owner`` given (the caller's identity), a session opened by another client is
+        NOT_FOUND as if it did not exist: only its owner may use or end it.
+        """
         session = self._sessions.get(session_id)
+        if session is not None and owner is not None and session.owner != owner:
+            raise SessionNotFoundError(session_id, SessionGoneReason.UNKNOWN)
         if session is not None and self._is_expired(session):
             self._remove(session, SessionGoneReason.EXPIRED)
             session = None
@@ -143,9 +158,10 @@ class SessionStore:
             self._unaccount(session)
             self._disown(session)
 
-    def end(self, session_id: str) -> Session:
-        """EndSession: remove and return the session (NOT_FOUND if gone, ABORTED if busy)."""
-        session = self.acquire(session_id)
+    def end(self, session_id: str, owner: str | None = None) -> Session:
+        """EndSession: remove and return the session (NOT_FOUND if gone or another owner's,
+        ABORTED if busy)."""
+        session = self.acquire(session_id, owner)
         self._remove(session, SessionGoneReason.ENDED)
         return session
 
