@@ -23,6 +23,7 @@ import threading
 import torch
 
 ROWS_PER_THREAD = 32  # a step gets one more intra-op thread per this many rows
+_SET = threading.local()  # the count last set on each thread (torch's own state is per thread)
 
 
 def usable_cores() -> int:
@@ -41,7 +42,6 @@ class StepThreads:
         0 chooses per step. ``cores`` defaults to :func:`usable_cores`."""
         self.fixed = fixed
         self.max_threads = max(1, (cores if cores is not None else usable_cores()) - 1)
-        self._local = threading.local()  # the count last set on each thread
 
     def count(self, rows: int) -> int:
         """Threads for a step over ``rows`` rows (a batch's size)."""
@@ -52,7 +52,7 @@ class StepThreads:
     def apply(self, rows: int) -> int:
         """Set the calling thread's torch thread count for a step of ``rows`` rows; returns it."""
         n = self.count(rows)
-        if getattr(self._local, "current", None) != n:
+        if getattr(_SET, "current", None) != n:  # shared by every runner on this thread
             torch.set_num_threads(n)
-            self._local.current = n
+            _SET.current = n
         return n
