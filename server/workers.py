@@ -167,7 +167,10 @@ class Supervisor:
                 logger.error("worker pid %d did not stop; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
-            code = code or (proc.returncode or 0)
+            # a worker still starting has no handler yet and ends by the signal itself
+            if proc.returncode not in (0, -signal.SIGTERM):
+                logger.error("worker pid %d ended with code %s", proc.pid, proc.returncode)
+                code = 1
             mark_process_dead(proc.pid, str(self.metrics_dir))
         return code
 
