@@ -81,6 +81,7 @@ class Supervisor:
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * settings.workers
         self.stopping = threading.Event()
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.own_metrics_dir = not given
         self.metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="rnnserve-prom-"))
         self.ready_dir = Path(tempfile.mkdtemp(prefix="rnnserve-ready-"))
         self.port = 0
@@ -140,6 +141,8 @@ class Supervisor:
             http.shutdown()
             http.server_close()
         shutil.rmtree(self.ready_dir, ignore_errors=True)
+        if self.own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         logger.info("stopped")
         return code
 

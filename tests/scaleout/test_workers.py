@@ -15,7 +15,7 @@ import pytest
 from procs import MODEL_REPOSITORY, Redis, Replica
 from rnnserve.v1 import classification_pb2, classification_pb2_grpc, generation_pb2, generation_pb2_grpc
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)  # a loaded 2-core machine starts servers slowly
 
 
 def test_workers_with_the_memory_store_refuse_to_start():
