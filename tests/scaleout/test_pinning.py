@@ -10,13 +10,13 @@ from procs import MODEL_REPOSITORY
 from rnnserve.client import AsyncClient, NotFoundError
 
 
-def _repository_with_version_2(root: Path) -> Path:
-    """timemachine as version 2 (same weights, another version number)."""
+def _repository(root: Path, version: int) -> Path:
+    """Only timemachine (fast to load), as ``version`` (same weights, another number)."""
     source = MODEL_REPOSITORY / "timemachine" / "1"
-    target = root / "timemachine" / "2"
+    target = root / "timemachine" / str(version)
     target.mkdir(parents=True)
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    config["version"] = 2
+    config["version"] = version
     (target / "config.json").write_text(json.dumps(config), encoding="utf-8")
     shutil.copyfile(source / "model.pt", target / "model.pt")  # links are refused (security)
     return root
@@ -25,8 +25,8 @@ def _repository_with_version_2(root: Path) -> Path:
 async def test_a_replica_serving_another_version_does_not_continue_the_session(
         make_server, redis_url, tmp_path):
     common = {"session_store": redis_url, "metrics_port": -1}
-    v1 = await make_server(**common)
-    v2 = await make_server(model_repository=_repository_with_version_2(tmp_path), **common)
+    v1 = await make_server(model_repository=_repository(tmp_path / "one", 1), **common)
+    v2 = await make_server(model_repository=_repository(tmp_path / "two", 2), **common)
     async with AsyncClient(v1.target, retries=0) as one, AsyncClient(v2.target, retries=0) as two:
         opened = await one.generate("the time", max_tokens=5, keep_session=True)
         assert opened.model_version == 1
