@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import load, machine, report
+from bench import invariance, load, machine, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
     p.add_argument("--skip", default="",
-                   help="comma list of: engine, server, sessions, scaleout")
+                   help="comma list of: engine, server, sessions, invariance, scaleout")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
+    if "invariance" not in skip:
+        _log("batch invariance: invariant vs --batch-invariant=false")
+        results["invariance"] = invariance.run(
+            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     if "scaleout" not in skip:  # bench/scaleout.py: memory vs Redis store, 1 vs 2 workers
         _log("scale-out: session store latency, --workers 1 vs 2")
         results["scaleout"] = _subprocess_json(
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = report.targets(results)
     report.write_json(results, a.out)
     print(report.markdown(results))
+    if "invariance" in results:
+        print(invariance.markdown(results["invariance"]))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
     return 0
 
