@@ -30,8 +30,9 @@ from rnnserve.server.metrics import Metrics
 from rnnserve.server.registry import ModelRegistry
 from rnnserve.server.requests import ForecastChunk, ForecastParams
 from rnnserve.server.runner import ServingKind, ServingModel
-from rnnserve.server.sessions import Session, SessionStore
+from rnnserve.server.sessions import Session
 from rnnserve.server.settings import ServerSettings
+from rnnserve.server.store import SessionStoreBackend
 
 
 def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,
@@ -53,7 +54,7 @@ FORECASTING: ServingKind[ForecastEngine] = ServingKind(
 class Forecasting:
     """The serving logic behind the ForecastService."""
 
-    def __init__(self, registry: ModelRegistry, sessions: SessionStore,
+    def __init__(self, registry: ModelRegistry, sessions: SessionStoreBackend,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self._registry = registry
         self._sessions = sessions
@@ -81,12 +82,12 @@ class Forecasting:
     async def forecast(self, params: ForecastParams) -> AsyncIterator[ForecastChunk]:
         """Run one forecast; yields chunks of predicted values as the engine produces them."""
         self.validate(params)
-        entry, session, fresh = self._open(params)
+        entry, session, fresh = await self._open(params)
         try:
             job, observed = self._job(entry, session, params)
             entry.runner.submit(job)
         except BaseException:
-            self._close(session, fresh, None)
+            await self._close(session, fresh, None)
             raise
         self._metrics.forecast_points.labels(entry.name, "observed").inc(observed)
         session_id = session.id if session is not None else ""
@@ -106,7 +107,7 @@ class Forecasting:
                     return
         finally:
             job.outbox.cancelled = not completed
-            self._close(session, fresh, job if completed else None, observed)
+            await self._close(session, fresh, job if completed else None, observed)
 
     def _job(self, entry: ServingModel[ForecastEngine], session: Session | None,
              params: ForecastParams) -> tuple[ForecastJob, int]:
@@ -123,18 +124,19 @@ class Forecasting:
         device = entry.loaded.device
         x = x.to(device)
         if session is not None and session.state is not None:
-            observed, predicted = session.state  # (S, L, H) each
+            observed, predicted = session.state.to(device)  # (S, L, H) each; Redis: CPU
             if x.shape[0]:
                 return ForecastJob(x, observed, params.horizon), x.shape[0]
-            return ForecastJob(session.pending.view(1, features), predicted, params.horizon), 0
+            pending = session.pending.to(device).view(1, features)
+            return ForecastJob(pending, predicted, params.horizon), 0
         if x.shape[0] == 0:
             raise InvalidArgumentError("series", "must not be empty: the session holds no state")
         return ForecastJob(x, None, params.horizon), x.shape[0]
 
-    def _open(self, params: ForecastParams
-              ) -> tuple[ServingModel[ForecastEngine], Session | None, bool]:
+    async def _open(self, params: ForecastParams
+                    ) -> tuple[ServingModel[ForecastEngine], Session | None, bool]:
         if params.session_id:
-            session = self._sessions.acquire(params.session_id)
+            session = await self._sessions.acquire(params.session_id, owner=current_client())
             try:
                 if params.model and params.model != session.model:
                     raise InvalidArgumentError(
@@ -142,34 +144,35 @@ class Forecasting:
                         f"{session.model!r}, not {params.model!r}")
                 entry = self._registry.ready(session.model, FORECASTING)
                 if entry.version != session.version:
-                    self._sessions.drop_model_version(session.model, session.version)
+                    await self._sessions.remove_unloaded(session)
                     raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
             except BaseException:
-                self._sessions.release(session)
+                await self._sessions.release(session)
                 raise
             return entry, session, False
         entry = self._registry.ready(params.model, FORECASTING)
         if params.keep_session:
-            return entry, self._sessions.open(entry.name, entry.version, current_client()), True
+            session = await self._sessions.open(entry.name, entry.version, current_client())
+            return entry, session, True
         return entry, None, False
 
-    def _close(self, session: Session | None, fresh: bool, job: ForecastJob | None,
-               observed: int = 0) -> None:
+    async def _close(self, session: Session | None, fresh: bool, job: ForecastJob | None,
+                     observed: int = 0) -> None:
         """Store a finished job's state in its session; a failed request changes nothing."""
         if session is None:
             return
         if job is None:
             if fresh:
-                self._sessions.discard(session)
+                await self._sessions.discard(session)
             else:
-                self._sessions.release(session)
+                await self._sessions.release(session)
             return
         end = job.outbox.end
         observed_state = end.observed
         if observed == 0 and session.state is not None:  # extended: no new observation
-            observed_state = session.state[0]
-        self._sessions.release(session, torch.stack([observed_state, end.predicted]),
-                               end.pending, added_tokens=observed + job.outbox.predicted)
+            observed_state = session.state[0].to(end.predicted.device)
+        await self._sessions.release(session, torch.stack([observed_state, end.predicted]),
+                                     end.pending, added_tokens=observed + job.outbox.predicted)
 
 
 def _unscaler(loaded: LoadedModel):  # noqa: ANN202 - a small closure

@@ -29,8 +29,9 @@ from rnnserve.server.metrics import Metrics
 from rnnserve.server.registry import ModelRegistry
 from rnnserve.server.requests import GenerateParams, GenerationChunk
 from rnnserve.server.runner import ServingKind, ServingModel
-from rnnserve.server.sessions import Session, SessionStore
+from rnnserve.server.sessions import Session
 from rnnserve.server.settings import ServerSettings
+from rnnserve.server.store import SessionStoreBackend
 from rnnserve.server.threads import StepThreads
 
 MAX_TEMPERATURE = 100.0
@@ -55,7 +56,7 @@ GENERATION: ServingKind[GenerationEngine] = ServingKind(
 class Generator:
     """The serving logic behind the GenerationService."""
 
-    def __init__(self, registry: ModelRegistry, sessions: SessionStore,
+    def __init__(self, registry: ModelRegistry, sessions: SessionStoreBackend,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self._registry = registry
         self._sessions = sessions
@@ -84,7 +85,7 @@ class Generator:
     async def generate(self, params: GenerateParams) -> AsyncIterator[GenerationChunk]:
         """Run one generation; yields chunks as the engine produces them (coalesced)."""
         max_tokens = self.validate(params)
-        entry, session, fresh = self._open(params)
+        entry, session, fresh = await self._open(params)
         try:
             loaded = entry.loaded
             check_stops_producible(params.options.stop, loaded.vocab.idx_to_token, entry.name)
@@ -93,14 +94,14 @@ class Generator:
             if session is not None and session.state is not None:
                 feed = [session.pending, *ids[:-1]] if ids else []
                 pending = ids[-1] if ids else session.pending
-                state = session.state
+                state = session.state.to(loaded.device)  # the Redis store hands back CPU
             else:
                 feed, pending, state = ids[:-1], ids[-1], None
             job = GenerationJob(feed=feed, pending=pending, state=state,
                                 max_tokens=max_tokens, options=params.options)
             entry.runner.submit(job)
         except BaseException:
-            self._close(session, fresh, None)
+            await self._close(session, fresh, None)
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
@@ -120,13 +121,13 @@ class Generator:
                     return
         finally:
             job.cancelled = not completed
-            self._close(session, fresh, job if completed else None, len(ids))
+            await self._close(session, fresh, job if completed else None, len(ids))
 
-    def _open(self, params: GenerateParams
-              ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
+    async def _open(self, params: GenerateParams
+                    ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
         if params.session_id:
-            session = self._sessions.acquire(params.session_id, owner=current_client())
+            session = await self._sessions.acquire(params.session_id, owner=current_client())
             try:
                 if params.model and params.model != session.model:
                     raise InvalidArgumentError(
@@ -135,39 +136,40 @@ class Generator:
                     )
                 entry = self._registry.ready(session.model, GENERATION)
                 if entry.version != session.version:
-                    self._sessions.drop_model_version(session.model, session.version)
+                    await self._sessions.remove_unloaded(session)
                     raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
             except BaseException:
-                self._sessions.release(session)
+                await self._sessions.release(session)
                 raise
             return entry, session, False
         entry = self._registry.ready(params.model, GENERATION)
         if params.keep_session:
-            return entry, self._sessions.open(entry.name, entry.version, current_client()), True
+            session = await self._sessions.open(entry.name, entry.version, current_client())
+            return entry, session, True
         return entry, None, False
 
-    def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
+    async def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
                prefix_tokens: int = 0) -> None:
         """Store a finished job's state in its session; a failed request changes nothing."""
         if session is None:
             return
         if job is None:
             if fresh:
-                self._sessions.discard(session)
+                await self._sessions.discard(session)
             else:
-                self._sessions.release(session)
+                await self._sessions.release(session)
             return
         if call_expired():  # checked at commit time: a turn reported failed changes nothing
-            self._close(session, fresh, None)
+            await self._close(session, fresh, None)
             raise DeadlineExceededError("the turn's session state")
-        self._sessions.release(session, job.final_state, job.final_pending,
+        await self._sessions.release(session, job.final_state, job.final_pending,
                                added_tokens=prefix_tokens + job.generated)
 
     async def end_session(self, session_id: str) -> int:
         """EndSession: drop the session; returns the characters it had seen."""
         if not session_id:
             raise InvalidArgumentError("session_id", "must not be empty")
-        return self._sessions.end(session_id, owner=current_client()).total_tokens
+        return (await self._sessions.end(session_id, owner=current_client())).total_tokens
 
 
 def check_stops_producible(stops: tuple[str, ...], tokens: list[str], model: str) -> None:

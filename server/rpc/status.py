@@ -32,6 +32,7 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
     (errors.SessionBusyError, grpc.StatusCode.ABORTED),
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (errors.SessionStoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
@@ -39,6 +40,21 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
 )
 
 REQUEST_ID_KEY = "x-request-id"
+REPLICA_KEY = "x-rnnserve-replica"
+"""``<replica name>/<worker pid>``: initial metadata on every rnnserve response (a unary call's
+error carries it in the trailing metadata only), so the spread over replicas is visible."""
+
+_replica: list[str] = [""]
+
+
+def set_replica(name: str) -> None:
+    """Name this process for :data:`REPLICA_KEY` (the composition root calls it at start)."""
+    _replica[0] = name
+
+
+def replica() -> str:
+    """The value this process sends as :data:`REPLICA_KEY`."""
+    return _replica[0]
 
 FIELD_LIMITS = {"model": 64, "name": 64, "session_id": 128}
 """Longest value of every id/name field of any request (characters). Model names match
@@ -165,7 +181,8 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[Any]:
                 async with _boundary(self, name, request, context) as record:
-                    await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
+                    await context.send_initial_metadata(
+                        ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
                     check_fields(request)
                     # aclosing: when this generator is closed, the servicer's closes at once
                     async with contextlib.aclosing(fn(self, request, context)) as items:
@@ -177,9 +194,14 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(fn)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _boundary(self, name, request, context) as record:
-                context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
+                context.set_trailing_metadata(
+                    ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
                 check_fields(request)
-                return await fn(self, request, context)
+                response = await fn(self, request, context)
+                # headers only with a response: sent earlier, they would commit the call and
+                # the client could no longer retry an UNAVAILABLE transparently
+                await context.send_initial_metadata(((REPLICA_KEY, _replica[0]),))
+                return response
 
         return unary
 
