@@ -2,8 +2,9 @@
 
 The prefix is normalised character-wise (as the model's config says), encoded with the model's
 vocabulary (unknown characters become ``<unk>``), and handed to the model's engine together with
-the session's state. Where the state starts and what is fed follow d2l's ``predict_ch8``: every
-character but the last is consumed in warm-up, and the last is the first decode step's input.
+the session's state. Where the state starts and what is prefilled follow d2l's ``predict_ch8``:
+every character but the last is consumed in prefill, and the last is the first decode step's
+input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from rnnserve.models.text import normalize_chars
 from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import GenerationJob
+from rnnserve.server.engine import GenerationOutbox, GenerationRequest, GenerationResult
 from rnnserve.server.errors import (
     InvalidArgumentError,
     SessionGoneReason,
@@ -68,14 +69,14 @@ class Generator:
             text = normalize_chars(params.prefix, loaded.normalization or "none")
             ids = loaded.vocab.encode(text)
             if session is not None and session.state is not None:
-                feed = [session.pending, *ids[:-1]] if ids else []
+                prefill = (session.pending, *ids[:-1]) if ids else ()
                 pending = ids[-1] if ids else session.pending
                 state = session.state
             else:
-                feed, pending, state = ids[:-1], ids[-1], None
-            job = GenerationJob(feed=feed, pending=pending, state=state,
-                                max_tokens=max_tokens, options=params.options)
-            entry.engine.submit(job)
+                prefill, pending, state = tuple(ids[:-1]), ids[-1], None
+            request = GenerationRequest(prefill=prefill, pending=pending, state=state,
+                                        max_tokens=max_tokens, options=params.options)
+            outbox: GenerationOutbox = entry.engine.submit(request)
         except BaseException:
             self._close(session, fresh, None)
             raise
@@ -85,19 +86,22 @@ class Generator:
         completed = False
         try:
             while True:
-                piece, generated = await job.outbox.take()
-                done = job.outbox.done
-                yield GenerationChunk(
-                    text=piece, session_id=session_id, finish_reason=job.finish if done else None,
-                    prefix_tokens=len(ids), generated_tokens=generated,
-                    model=entry.name, model_version=version,
-                )
-                if done:
+                piece, generated = await outbox.take()  # raises the generation's error
+                result = outbox.result
+                if piece or result is not None:
+                    yield GenerationChunk(
+                        text=piece, session_id=session_id,
+                        finish_reason=result.finish if result is not None else None,
+                        prefix_tokens=len(ids), generated_tokens=generated,
+                        model=entry.name, model_version=version,
+                    )
+                if result is not None:
                     completed = True
                     return
         finally:
-            job.cancelled = not completed
-            self._close(session, fresh, job if completed else None, len(ids))
+            if not completed:
+                outbox.cancel()
+            self._close(session, fresh, outbox.result if completed else None, len(ids))
 
     def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
@@ -122,19 +126,19 @@ class Generator:
             return entry, self._sessions.open(entry.name, entry.version, current_client()), True
         return entry, None, False
 
-    def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
+    def _close(self, session: Session | None, fresh: bool, result: GenerationResult | None,
                prefix_tokens: int = 0) -> None:
-        """Store a finished job's state in its session; a failed request changes nothing."""
+        """Store a finished generation's state in its session; a failed one changes nothing."""
         if session is None:
             return
-        if job is None:
+        if result is None:
             if fresh:
                 self._sessions.discard(session)
             else:
                 self._sessions.release(session)
             return
-        self._sessions.release(session, job.final_state, job.final_pending,
-                               added_tokens=prefix_tokens + job.generated)
+        self._sessions.release(session, result.state, result.pending,
+                               added_tokens=prefix_tokens + result.generated)
 
     async def end_session(self, session_id: str) -> int:
         """EndSession: drop the session; returns the characters it had seen."""

@@ -16,6 +16,8 @@ from rnnserve.server.app import build_server
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import ServerSettings, load_settings
 
+DEVICE_LOST_EXIT = 3  # the device failed: a supervisor should start a new process
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,7 +72,16 @@ async def serve(settings: ServerSettings) -> int:
         return 2
     logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host, server.port,
                 server.metrics_port)
-    await stop.wait()
+    lost = asyncio.ensure_future(server.device_lost.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((lost, stopping), return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (lost, stopping):
+        waiter.cancel()
+    if server.device_lost.is_set():
+        logger.critical("exiting: the device failed (exit code %d, for the supervisor to "
+                        "restart the server)", DEVICE_LOST_EXIT)
+        await server.stop(grace=0)
+        return DEVICE_LOST_EXIT
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await server.stop()
     logger.info("stopped")

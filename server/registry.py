@@ -136,13 +136,16 @@ class ModelRegistry:
 
     def __init__(self, settings: ServerSettings, metrics: Metrics,
                  on_change: Callable[[], None] | None = None,
-                 on_retire: Callable[[str, int], int] | None = None) -> None:
+                 on_retire: Callable[[str, int], int] | None = None,
+                 on_device_lost: Callable[[BaseException], None] | None = None) -> None:
         """``on_change`` runs after any readiness change; ``on_retire(name, version)`` when a
-        version stops serving (it drops that version's sessions and returns how many)."""
+        version stops serving (it drops that version's sessions and returns how many);
+        ``on_device_lost(error)`` when an engine's device context is lost (runs on the loop)."""
         self._settings = settings
         self._metrics = metrics
         self._on_change = on_change or (lambda: None)
         self._on_retire = on_retire or (lambda name, version: 0)
+        self._on_device_lost = on_device_lost
         self._entries: dict[str, ModelEntry] = {}
         self._info_labels: dict[str, tuple[str, ...]] = {}
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
@@ -292,6 +295,7 @@ class ModelRegistry:
                 loaded, name, executor, self._metrics,
                 max_batch_size=s.max_batch_size, max_active=s.max_active_generations,
                 max_steps_per_iteration=s.max_steps_per_iteration,
+                prefill_chunk_tokens=s.prefill_chunk_tokens, on_device_lost=self._on_device_lost,
             )
         else:
             runner = ClassificationBatcher(
