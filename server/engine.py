@@ -53,7 +53,7 @@ import torch
 from rnnserve.server import decoding
 from rnnserve.server.batch import DecodeBatch
 from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.device import is_device_lost, request_error
+from rnnserve.server.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.outbox import Outbox
@@ -357,8 +357,12 @@ class GenerationEngine:
         rows = [row for row in rows if not row.settled]
         if not rows:
             return
-        logger.error("generation %s failed on model %s (%d requests fail)", what, self.name,
-                     len(rows), exc_info=exc)
+        if is_out_of_memory(exc):  # expected under load: no traceback
+            logger.warning("generation %s on model %s ran out of device memory (%d requests "
+                           "fail with RESOURCE_EXHAUSTED): %s", what, self.name, len(rows), exc)
+        else:
+            logger.error("generation %s failed on model %s (%d requests fail)", what, self.name,
+                         len(rows), exc_info=exc)
         error = request_error(exc)
         for row in rows:
             row.settled = True

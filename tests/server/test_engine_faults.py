@@ -189,3 +189,37 @@ async def test_a_lost_device_fails_everything_and_is_reported(faulty):
     assert len(faulty.lost) == 1 and "device-side assert" in str(faulty.lost[0])
     with pytest.raises(Exception, match="device failed"):
         engine.submit(request([], 1, 5))
+
+
+class _LostDevice:
+    """Wraps a model module: every decode step raises the error of a poisoned CUDA context."""
+
+    def __init__(self, module: object) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
+
+    def step(self, tokens, state):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
+    from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server.registry import CHARLM
+
+    server = await make_server()
+    engine = server.registry.ready("", CHARLM).engine
+    engine._module = _LostDevice(engine._module)
+    async with AsyncClient(server.target, timeout=10, retries=0) as client:
+        assert await client.health() == "SERVING"
+        with pytest.raises(UnavailableError) as info:
+            await client.generate("the time", max_tokens=5)
+        assert "device failed" in str(info.value) and "Traceback" not in str(info.value)
+        await asyncio.wait_for(server.device_lost.wait(), 10)
+        for _ in range(100):
+            if await client.health() == "NOT_SERVING":
+                break
+            await asyncio.sleep(0.02)
+        assert await client.health() == "NOT_SERVING"
+        assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
