@@ -318,9 +318,7 @@ class GenerationEngine:
                 for i in range(steps):
                     self._boundary(call, first=i == 0)
                     if self._batch is None:
-                        if self._prefilling:
-                            continue  # nobody decodes: spend the next chunk of prefill at once
-                        break
+                        break  # nothing decodes (the next call runs the next prefill chunk)
                     firsts = self._step(call, touched)
                     call.steps += 1
                     if firsts:
@@ -390,7 +388,7 @@ class GenerationEngine:
 
     def _boundary(self, call: _Call, first: bool) -> None:
         """Between two steps: cancelled rows leave, queued rows join while there is room, and
-        (at a call's start, or while nobody decodes) one chunk of prefill runs."""
+        at a call's start one chunk of prefill runs."""
         batch = self._batch
         if batch is not None and any(row.outbox.cancelled for row in batch.items):
             keep = [i for i, row in enumerate(batch.items) if not row.outbox.cancelled]
@@ -411,7 +409,7 @@ class GenerationEngine:
         big = rows >= PREFILL_BATCH_ROWS
         if first or not big:
             self._admit(call, rows, big)
-        if self._prefilling and (first or self._batch is None):
+        if self._prefilling and first:
             self._prefill_chunk(call)
 
     def _admit(self, call: _Call, rows: int, big: bool) -> None:
