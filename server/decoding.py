@@ -79,11 +79,11 @@ def sample(logits: torch.Tensor, options: list[DecodingOptions], seeds: list[int
     kth = ordered.gather(1, (top_k - 1)[:, None])  # (n, 1): the k-th largest score
     ordered = ordered.masked_fill(ordered < kth, float("-inf"))
     probs = torch.softmax(ordered, dim=1)  # (n, V), sorted descending
-    # top-p: keep the smallest prefix whose mass reaches top_p (always the first token)
-    probs = probs.masked_fill(torch.cumsum(probs, dim=1) - probs >= top_p[:, None], 0.0)
     cumulative = torch.cumsum(probs, dim=1)  # (n, V)
-    target = u[:, None] * cumulative[:, -1:]  # (n, 1)
+    # the kept tokens are a prefix of the sorted row: inside top-k (probability > 0) and, for
+    # top-p, the smallest prefix whose mass reaches top_p (always the first token)
+    kept = ((cumulative - probs < top_p[:, None]) & (probs > 0)).sum(1, keepdim=True)  # (n, 1)
+    target = u[:, None] * cumulative.gather(1, kept - 1)  # (n, 1): u x the kept mass
     pick = torch.searchsorted(cumulative, target, right=True)  # (n, 1)
-    # the kept tokens are a prefix of the sorted row; rounding must not step past it
-    pick = torch.minimum(pick, (probs > 0).sum(1, keepdim=True) - 1)
+    pick = torch.minimum(pick, kept - 1)  # rounding must not step past the kept prefix
     return order.gather(1, pick)[:, 0]
