@@ -65,13 +65,12 @@ def sample(logits: torch.Tensor, options: list[DecodingOptions], seeds: list[int
     n, vocab = logits.shape
     # float64: any temperature in (0, 100] from a float32 field stays finite (float32
     # logits / 1e-38 overflow to inf, and softmax of inf is NaN)
-    temps = torch.tensor([o.temperature for o in options], dtype=torch.float64)
-    top_k = torch.tensor([o.top_k if 0 < o.top_k < vocab else vocab for o in options])
-    top_p = torch.tensor([o.top_p if 0.0 < o.top_p < 1.0 else 2.0 for o in options],
-                         dtype=torch.float64)
-    u = torch.tensor([uniform(s, d) for s, d in zip(seeds, draws, strict=True)],
-                     dtype=torch.float64)
-    temps, top_k, top_p, u = (t.to(device) for t in (temps, top_k, top_p, u))
+    rows = [(o.temperature, o.top_k if 0 < o.top_k < vocab else vocab,
+             o.top_p if 0.0 < o.top_p < 1.0 else 2.0, uniform(s, d))
+            for o, s, d in zip(options, seeds, draws, strict=True)]
+    params = torch.tensor(rows, dtype=torch.float64).to(device)  # (n, 4): one transfer
+    temps, top_p, u = params[:, 0], params[:, 2], params[:, 3]
+    top_k = params[:, 1].long()
     scores = logits.to(torch.float64) / temps[:, None]  # (n, V)
     if vocab > UNK + 1:
         scores[:, UNK] = float("-inf")

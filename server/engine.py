@@ -584,12 +584,14 @@ class GenerationEngine:
                 index: list[int], failed: set[int], call: _Call) -> torch.Tensor:
         """Sampled rows' tokens into ``nxt`` (one call for all; row by row if it fails, so that
         only a failing row fails)."""
-        where = torch.tensor(index, device=self._device)
+        every = len(index) == len(nxt)  # all rows sample: no gather, no scatter
+        where = None if every else torch.tensor(index, device=self._device)
         options = [row.request.options for row in rows]
         seeds = [row.seed for row in rows]
         draws = [row.generated - 1 for row in rows]
         try:
-            drawn = decoding.sample(logits.index_select(0, where), options, seeds, draws)
+            drawn = decoding.sample(logits if where is None else logits.index_select(0, where),
+                                    options, seeds, draws)
         except Exception as exc:  # noqa: BLE001 - find the failing rows one at a time
             if is_device_lost(exc):
                 raise _DeviceLost(exc, list(rows)) from exc
@@ -603,6 +605,8 @@ class GenerationEngine:
                     self._fail([row], row_exc, call, "sampling")
                     parts.append(nxt[i:i + 1])
             drawn = torch.cat(parts)
+        if where is None:
+            return drawn
         nxt[where] = drawn
         return nxt
 
