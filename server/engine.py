@@ -159,7 +159,7 @@ class GenerationEngine:
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
         self._chunk = prefill_chunk_tokens
-        self._on_device_lost = on_device_lost
+        self.on_device_lost = on_device_lost  # set by the registry: the server's hook
         self._waiting: deque[_Row] = deque()  # appended on the loop, taken on the executor
         self._active = 0  # outboxes handed out and not yet ended (loop only)
         # --- executor thread only ---
@@ -215,6 +215,11 @@ class GenerationEngine:
     @property
     def active(self) -> int:
         """Generations submitted and not yet ended (the admission count)."""
+        return self._active
+
+    @property
+    def pending(self) -> int:
+        """Generations not finished yet (the Runner protocol's drain count)."""
         return self._active
 
     # --- admission (event loop) ----------------------------------------------------------------
@@ -298,8 +303,8 @@ class GenerationEngine:
                 ended += 1
         self._active -= ended
         self._m_tokens.inc(produced)
-        if call.device_lost is not None and self._on_device_lost is not None:
-            self._on_device_lost(call.device_lost)
+        if call.device_lost is not None and self.on_device_lost is not None:
+            self.on_device_lost(call.device_lost)
         if step_seconds is not None:
             self._m_active.set(call.batch_size)
             self._m_queue.set(len(self._waiting))
