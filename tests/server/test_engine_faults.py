@@ -206,10 +206,10 @@ class _LostDevice:
 
 async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
     from rnnserve.client import AsyncClient, UnavailableError
-    from rnnserve.server.registry import CHARLM
+    from rnnserve.server.generation import GENERATION
 
     server = await make_server()
-    engine = server.registry.ready("", CHARLM).engine
+    engine = server.registry.ready("", GENERATION).runner
     engine._module = _LostDevice(engine._module)
     async with AsyncClient(server.target, timeout=10, retries=0) as client:
         assert await client.health() == "SERVING"
