@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import engine_cells, load, machine, report
+from bench import engine_cells, invariance, load, machine, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
     p.add_argument("--skip", default="",
-                   help="comma list of: engine, server, sessions, engine-cells")
+                   help="comma list of: engine, server, sessions, invariance, engine-cells")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
+    if "invariance" not in skip:
+        _log("batch invariance: invariant vs --batch-invariant=false")
+        results["invariance"] = invariance.run(
+            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     if "engine-cells" not in skip:  # sampled streams and chunked prefill (bench/engine_cells.py)
         _log("engine cells: sampled vs greedy streams, chunked prefill")
         results["engine_cells"] = engine_cells.run_cells(
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         results.get("engine_cells", {}))
     report.write_json(results, a.out)
     print(report.markdown(results))
+    if "invariance" in results:
+        print(invariance.markdown(results["invariance"]))
     if "engine_cells" in results:
         print(engine_cells.markdown(results["engine_cells"]))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
