@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto bench bench-peers soak clean
+.PHONY: setup serve test lint proto bench bench-peers soak clean gpu-check wheels
 
 setup: $(STAMP)
 
@@ -60,6 +60,22 @@ $(PEERS_STAMP): bench/peers-requirements.txt pyproject.toml
 
 bench-peers: setup $(PEERS_STAMP)
 	$(BIN)/python -m bench.peers
+
+# One-shot device check (docs/gpu.md): JSON in bench/results/gpu_check.json. On a machine without a
+# GPU: make gpu-check GPU_CHECK_FLAGS="--device cpu --quick"
+GPU_CHECK_FLAGS ?= --device cuda
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m bench.gpu_check $(GPU_CHECK_FLAGS)
+
+# cp312 manylinux wheels of the project's dependencies (not torch) for the GPU machine: .whl/
+# (git-ignored; docs/gpu.md says how the device machine installs them with no network)
+WHEEL_PKGS := numpy grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
+	"protobuf>=6.31,<8" prometheus-client pydantic pydantic-settings tqdm jsonschema pytest \
+	pytest-asyncio pytest-timeout hypothesis pyyaml cryptography "setuptools>=68" wheel
+wheels: setup
+	$(BIN)/python -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+		--abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_28_x86_64 -d .whl $(WHEEL_PKGS)
 
 # Load past the admission limits for 2 minutes on loopback; exits 1 on a leak or a bad status.
 soak: setup

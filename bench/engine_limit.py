@@ -1,7 +1,8 @@
 """The engine limit: tokens/s of the model's greedy ``step`` with no RPC, and seed 000's loop.
 
 Run in its own process (``python -m bench.engine_limit``) so that torch's thread count is the
-server's and nothing else shares the interpreter; prints one JSON object.
+server's and nothing else shares the interpreter; prints one JSON object. ``--device`` picks the
+device (``auto``: CUDA when available); every timer synchronises the device before it reads.
 
 - ``step`` at batch B: ``logits, state = net.step(tokens, state); tokens = logits.argmax(1)``
   in a loop, B sequences advancing together: what the engine could do with zero overhead.
@@ -37,44 +38,65 @@ def predict_ch8(prefix, num_preds, net, vocab, device):  # noqa: ANN001 - seed 0
     return ''.join([vocab.idx_to_token[i] for i in outputs])
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): call before reading a timer."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_tokens_per_s(net: torch.nn.Module, batch: int, duration: float) -> float:
+    device = net.linear.weight.device
     state = net.zero_state(batch)
-    tokens = torch.zeros(batch, dtype=torch.long)
+    tokens = torch.zeros(batch, dtype=torch.long, device=device)
     with torch.inference_mode():
         for _ in range(20):  # warm-up
             logits, state = net.step(tokens, state)
             tokens = logits.argmax(1)
+        synchronize(device)
         steps, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < duration:
+        while True:
             for _ in range(10):
                 logits, state = net.step(tokens, state)
                 tokens = logits.argmax(1)
             steps += 10
+            synchronize(device)
+            if (elapsed := time.perf_counter() - start) >= duration:
+                break
     return steps * batch / elapsed
 
 
 def predict_ch8_tokens_per_s(net: torch.nn.Module, vocab: object, duration: float,
                              no_grad: bool) -> float:
     n = 200
+    device = net.linear.weight.device
     with torch.set_grad_enabled(not no_grad):
-        predict_ch8(PREFIX, 20, net, vocab, "cpu")  # warm-up
+        predict_ch8(PREFIX, 20, net, vocab, device)  # warm-up
         calls, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < duration:
-            predict_ch8(PREFIX, n, net, vocab, "cpu")
+            predict_ch8(PREFIX, n, net, vocab, device)  # int(...) per token syncs the device
             calls += 1
     # the warm-up of each call (len(PREFIX) - 1 forwards) is counted against it
     return calls * n / elapsed
 
 
-def measure(model_dir: Path, threads: int, duration: float, batches: list[int]) -> dict:
+def measure(model_dir: Path, threads: int, duration: float, batches: list[int],
+            device: str = "auto") -> dict:
     from rnnserve.server.threads import StepThreads
 
     step_threads = StepThreads(threads)  # 0: per batch size, as the server's engine chooses
     step_threads.apply(1)
-    loaded = load_model(model_dir, "cpu")
+    where = resolve_device(device)
+    loaded = load_model(model_dir, str(where))
     net, vocab = loaded.module, loaded.vocab
     out: dict = {"model": f"{loaded.name}/{loaded.version}", "torch_threads": torch.get_num_threads(),
-                 "step_tokens_per_s": {}, "step_threads": {}}
+                 "device": str(where), "step_tokens_per_s": {}, "step_threads": {}}
     for b in batches:
         out["step_threads"][str(b)] = step_threads.apply(b)
         out["step_tokens_per_s"][str(b)] = step_tokens_per_s(net, b, duration)
@@ -91,9 +113,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--batches", default="1,16,64")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     a = p.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
-    print(json.dumps(measure(a.model_dir, a.threads, a.duration, batches)))
+    print(json.dumps(measure(a.model_dir, a.threads, a.duration, batches, a.device)))
 
 
 if __name__ == "__main__":

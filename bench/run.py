@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import invariance, load, machine, report
+from bench import engine_cells, invariance, load, machine, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
     p.add_argument("--skip", default="",
-                   help="comma list of: engine, server, sessions, invariance, scaleout")
+                   help="comma list of: engine, server, sessions, invariance, scaleout, engine-cells")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -138,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if "engine" not in skip:
         _log(f"engine limit on {charlm}")
         results["engine_limit"] = _subprocess_json(
-            ["bench.engine_limit", "--model-dir", str(charlm), "--threads", str(a.torch_threads)])
+            ["bench.engine_limit", "--model-dir", str(charlm), "--threads", str(a.torch_threads),
+             "--device", a.device])
     if "sessions" not in skip:
         _log(f"idle sessions RSS ({a.sessions})")
-        settings = base_settings(repo, **changed)
+        settings = base_settings(repo, **changed, device=a.device)
         results["sessions_rss"] = _subprocess_json(
             ["bench.sessions_rss", "--settings", json.dumps(settings), "--counts", a.sessions,
              "--corpus", str(DATA / "timemachine" / "timemachine.txt")])
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             _log("no sentiment model in the repository: Classify cells skipped")
         results["server"] = {}
         for mode in a.modes.split(","):
-            settings = base_settings(repo, **changed, **MODES[mode])
+            settings = base_settings(repo, **changed, device=a.device, **MODES[mode])
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
@@ -165,13 +167,21 @@ def main(argv: list[str] | None = None) -> int:
             ["bench.scaleout", "--model-repository", str(repo), "--duration", str(a.duration),
              "--warmup", str(a.warmup), "--torch-threads", str(a.torch_threads)])
         _log(f"  scale-out: {json.dumps(results['scaleout'])}")
+    if "engine-cells" not in skip:  # sampled streams and chunked prefill (bench/engine_cells.py)
+        _log("engine cells: sampled vs greedy streams, chunked prefill")
+        results["engine_cells"] = engine_cells.run_cells(
+            repo, DATA / "timemachine" / "timemachine.txt", prefixes(), a.duration, a.warmup,
+            a.torch_threads, a.device)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
-    results["targets"] = report.targets(results)
+    results["targets"] = report.targets(results) + engine_cells.targets(
+        results.get("engine_cells", {}))
     report.write_json(results, a.out)
     print(report.markdown(results))
     if "invariance" in results:
         print(invariance.markdown(results["invariance"]))
+    if "engine_cells" in results:
+        print(engine_cells.markdown(results["engine_cells"]))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
     return 1 if report.status_failures(results) else 0
 

@@ -1,8 +1,8 @@
 """The server under test, in its own process: ``python -m bench.server_proc '<settings json>'``.
 
 The child builds ``ServerSettings`` from the JSON (loopback, ephemeral port, metrics off, the
-shipped models on the CPU, plus the overrides), starts the server, prints ``READY <port>`` and
-serves until its stdin closes. :class:`ServerProcess` is the parent's handle.
+shipped models on the device: "auto" unless told, plus the overrides), starts the server,
+prints ``READY <port>`` and serves until its stdin closes. :class:`ServerProcess` is the parent's handle.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def base_settings(model_repository: Path, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "host": "127.0.0.1", "port": 0, "metrics_port": -1, "device": "cpu",
+        "host": "127.0.0.1", "port": 0, "metrics_port": -1, "device": "auto",
         "model_repository": str(model_repository), "log_level": "WARNING", "grace_period_s": 0.5,
     }
     values.update(overrides)

@@ -259,7 +259,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="rnnserve-soak-"))
     repo = prepare_repository(folder)
     port, metrics_port = free_port(), free_port()
-    flags = {"host": "127.0.0.1", "port": port, "metrics_port": metrics_port, "device": "cpu",
+    flags = {"host": "127.0.0.1", "port": port, "metrics_port": metrics_port,
+             "device": args.device,
              "model_repository": repo, "log_level": "WARNING", **LIMITS}
     argv = [sys.executable, "-m", "rnnserve.server.main"]
     for key, value in flags.items():
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many")
     p.add_argument("--max-rss-growth-mib", type=float, default=64.0)
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument("--device", default="auto", help="the server's device: auto, cpu, cuda, cuda:N")
     args = p.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     report = asyncio.run(soak(args))

@@ -72,7 +72,8 @@ class RnnServer:
         self.sessions = make_session_store(settings, self.metrics)
         self.registry = ModelRegistry(settings, self.metrics, SERVING_KINDS,
                                       on_change=self._models_changed,
-                                      on_retire=self.sessions.drop_model_version)
+                                      on_retire=self.sessions.drop_model_version,
+                                      on_device_lost=self._device_lost)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
         self.forecasting = Forecasting(self.registry, self.sessions, settings, self.metrics)
@@ -87,6 +88,8 @@ class RnnServer:
         self._health_updates: set[asyncio.Task[None]] = set()
         self._loaded = False  # the repository's first load has finished
         self.secure = settings.tls_cert_file is not None
+        self.device_lost = asyncio.Event()  # set when the device failed: the process must exit
+        self._device_lost_error: BaseException | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -162,6 +165,24 @@ class RnnServer:
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
+    def _device_lost(self, error: BaseException) -> None:
+        """An engine lost its device (a poisoned CUDA context): nothing on it can run again.
+        Health turns NOT_SERVING at once and :attr:`device_lost` tells the entry point to exit,
+        so that the supervisor (compose restart policy, worker manager) starts a new process."""
+        if self.device_lost.is_set():
+            return
+        self._device_lost_error = error
+        logger.critical("device failed (%s): health NOT_SERVING, this process exits to be "
+                        "replaced", error)
+        self.device_lost.set()
+        task = asyncio.get_running_loop().create_task(self._not_serving())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _not_serving(self) -> None:
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
+            await self.health.set(service, NOT_SERVING)
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.model_repository_poll_s)
@@ -171,6 +192,8 @@ class RnnServer:
                 logger.exception("polling the model repository failed")
 
     async def _update_health(self) -> None:
+        if self.device_lost.is_set():
+            return  # NOT_SERVING until the process is replaced
         entries = self.registry.entries()
         # the whole server serves once every model of the repository has had its first load
         any_ready = self._loaded and any(e.state is ModelState.READY for e in entries)

@@ -1,24 +1,40 @@
 """The generation engine: continuous batching of decode steps for one loaded char model.
 
 Every active generation of a model (streams, unary calls, session continuations) advances in one
-batched step per iteration. Each executor call runs up to ``max_steps_per_iteration`` steps; at
-every step boundary, inside the call, cancelled sequences leave, finished ones leave with their
-final state, and queued newcomers join while there is room. A newcomer's prefix warms up *in the
-decode batch*: its row is fed the prefix characters one step at a time (outputs discarded), which
-costs about 1/B of a step per character instead of a separate model call that would stall every
-other stream. A long prefix (``PREFILL_MIN_TOKENS`` or more), every prefix joining a big batch
-(``PREFILL_BATCH_ROWS``; there a step is long, and a prefix warmed up in it would make its first
-token wait one long step per character; those newcomers join at the start of an executor call)
-and every prefix joining an empty batch is consumed first in one packed ``model.prefill`` call.
+batched decode step per iteration. Each executor call runs up to ``max_steps_per_iteration``
+steps; at every step boundary, inside the call, cancelled sequences leave, finished ones leave
+with their final state, and queued newcomers join while there is room.
 
-All torch work runs on the device's executor thread, never on the event loop. While there is
-work, each executor call queues the next one itself (behind any classifier batch waiting for the
-same device thread) and hands its tokens to the loop with ``call_soon_threadsafe``: the device
-never waits for the loop, and the loop only admits work and passes each job the characters of a
-call in one piece (coalescing: one stream message carries up to ``max_steps_per_iteration``
-characters; a first token is posted at once).
+Prefill (consuming a request's prefix before its first decode step) takes one of two forms:
 
-``max_batch_size = 1`` restores one-at-a-time execution (what batching buys is measured with it).
+- **in-batch prefill**: a short prefix (under ``PREFILL_MIN_TOKENS``) joining a small running
+  batch is fed to its row one character per decode step (outputs discarded): about 1/B of a
+  step per character, and the newcomer joins at once;
+- **chunked prefill**: a long prefix, every prefix joining an empty batch and every prefix
+  joining a big batch (``PREFILL_BATCH_ROWS``, where a step is long) is consumed by the model's
+  packed ``prefill`` in chunks: each executor call spends at most ``prefill_chunk_tokens`` prefix
+  tokens (first come, first served) before its decode steps, so no call holds the device for
+  long whatever the prefixes, and prefill memory is bounded by the chunk, not by the request.
+  A row whose prefix is consumed joins the decode batch.
+
+Failures stay in the rows they belong to (:mod:`rnnserve.server.device` says what a failure
+means): a failed prefill chunk fails the rows of that chunk, a failed join fails the newcomers
+(the running batch is untouched), a failed decode step fails the rows of that step, a failed
+sampling call is retried row by row so that only the failing request fails. Out of memory is
+RESOURCE_EXHAUSTED. A lost device (a poisoned CUDA context) fails everything and calls
+``on_device_lost``: the server turns NOT_SERVING and exits so that its supervisor replaces it.
+
+Threads: the request (:class:`GenerationRequest`) is immutable; its progress (:class:`_Row`) is
+owned by the executor thread; the :class:`~rnnserve.server.outbox.Outbox` is the only object
+both threads touch. All torch work runs on the device's executor thread, never on the event
+loop. While there is work, each executor call queues the next one itself (behind any classifier
+batch waiting for the same device thread) and hands its tokens to the loop with
+``call_soon_threadsafe``: the device never waits for the loop (coalescing: one stream message
+carries the characters of one call; a first token is posted at once).
+
+Greedy next tokens stay on the device: the ids come to the host once per call, or at a step
+where they are needed (a row's first token, rows with stop strings). ``max_batch_size = 1``
+restores one-at-a-time execution (what batching buys is measured with it).
 """
 
 from __future__ import annotations
@@ -28,21 +44,26 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+from rnnserve.server import decoding
 from rnnserve.server.batch import DecodeBatch
-from rnnserve.server.decoding import DecodingOptions, Sampler
+from rnnserve.server.decoding import DecodingOptions
+from rnnserve.server.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.outbox import Outbox
 from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 
-PREFILL_MIN_TOKENS = 64  # a prefix this long is consumed in one packed call, not in the batch
+PREFILL_MIN_TOKENS = 64  # a prefix this long is prefilled in chunks, never in the batch
 PREFILL_BATCH_ROWS = 32  # joining a batch this big, every prefix is prefilled (at a call's start)
+PREFILL_CHUNK_TOKENS = 256  # default prefix tokens per executor call
 
 
 class FinishReason(StrEnum):
@@ -51,74 +72,75 @@ class FinishReason(StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(eq=False)
-class GenerationJob:
-    """One generation inside the engine: what to consume, what to decode, where tokens go."""
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate: consume ``prefill``, then decode from ``pending`` (immutable)."""
 
-    feed: list[int]  # tokens consumed before the first decode step (may be empty)
+    prefill: tuple[int, ...]  # tokens consumed before the first decode step (may be empty)
     pending: int  # the first decode step's input
     state: torch.Tensor | None  # (S, L, H) start state; None = zeros
     max_tokens: int
     options: DecodingOptions
     submitted_at: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-    # --- written by the engine ---
-    generated: int = 0
-    finish: FinishReason | None = None
-    final_state: torch.Tensor | None = None  # (S, L, H), set when finished
-    final_pending: int = 0
-    new_ids: list[int] = field(default_factory=list)
-    tail: str = ""  # the end of the generated text, for stop strings
-    warm: int = 0  # feed tokens still to consume in the decode batch
-    sampler: Sampler | None = None
-    outbox: Outbox = field(default_factory=lambda: Outbox())
 
 
-class Outbox:
-    """Tokens waiting for their request; whatever piled up is taken at once (coalescing)."""
+@dataclass(frozen=True)
+class GenerationResult:
+    """How a generation ended: what a session stores to continue it."""
 
-    def __init__(self) -> None:
-        self._pieces: list[str] = []
-        self._event = asyncio.Event()
-        self.done = False
-        self.error: BaseException | None = None
-        self.tokens = 0  # tokens put so far
+    finish: FinishReason
+    generated: int  # tokens generated
+    state: torch.Tensor  # (S, L, H) after the last generated token's step
+    pending: int  # the last generated token: the next step's input
 
-    def put(self, text: str, tokens: int, done: bool = False) -> None:
-        if text:
-            self._pieces.append(text)
-        self.tokens += tokens
-        self.done = self.done or done
-        self._event.set()
 
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done = True
-        self._event.set()
+GenerationOutbox = Outbox[GenerationResult]
 
-    async def take(self) -> tuple[str, int]:
-        """Wait for text (or the end); returns everything buffered and the tokens put so far."""
-        while not self._pieces and not self.done:
-            self._event.clear()
-            await self._event.wait()
-        if self.error is not None and not self._pieces:
-            raise self.error
-        text = "".join(self._pieces)
-        self._pieces.clear()
-        return text, self.tokens
+
+class _Row:
+    """A generation's progress, owned by the executor thread."""
+
+    __slots__ = ("request", "outbox", "seed", "cursor", "state", "generated", "ids", "posted",
+                 "tail", "finish", "final_state", "settled")
+
+    def __init__(self, request: GenerationRequest, outbox: GenerationOutbox) -> None:
+        self.request = request
+        self.outbox = outbox
+        self.seed = 0 if request.options.greedy else request.options.draw_seed()
+        self.cursor = 0  # prefix tokens consumed
+        self.state: torch.Tensor | None = request.state  # (S, L, H) outside the decode batch
+        self.generated = 0
+        self.ids: list[int] = []  # generated ids known on the host
+        self.posted = 0  # ids already handed to the loop
+        self.tail = ""  # the end of the generated text, for stop strings
+        self.finish: FinishReason | None = None
+        self.final_state: torch.Tensor | None = None
+        self.settled = False  # reported finished, dropped or failed (exactly once)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.cursor < len(self.request.prefill)
 
 
 @dataclass
-class _CallResult:
+class _Call:
     """What one executor call hands to the loop (read there while the next call may run)."""
 
-    tokens: list[tuple[GenerationJob, list[int], int, bool]]  # job, new ids, generated, finished
-    dropped: list[GenerationJob]  # cancelled, left without finishing
-    steps: int
-    batch_size: int  # rows left in the batch
-    failed: list[GenerationJob]
-    error: Exception | None
-    row_errors: list[tuple[GenerationJob, Exception]] = field(default_factory=list)
+    # outbox, new ids, generated so far, result when finished, submit time when first tokens
+    tokens: list[tuple[GenerationOutbox, list[int], int, GenerationResult | None,
+                       float | None]] = field(default_factory=list)
+    dropped: list[GenerationOutbox] = field(default_factory=list)  # cancelled
+    failed: list[tuple[GenerationOutbox, Exception]] = field(default_factory=list)
+    steps: int = 0
+    batch_size: int = 0  # rows left in the decode batch
+    device_lost: BaseException | None = None
+
+
+class _DeviceLost(Exception):  # noqa: N818 - internal control flow, carries the torch error
+    def __init__(self, cause: BaseException, rows: list[_Row]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.rows = rows  # rows in hand when it happened (they may be in no queue)
 
 
 class GenerationEngine:
@@ -126,6 +148,8 @@ class GenerationEngine:
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
                  max_batch_size: int, max_active: int, max_steps_per_iteration: int,
+                 prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+                 on_device_lost: Callable[[BaseException], None] | None = None,
                  threads: StepThreads | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (charlm)
         self.name = name
@@ -137,13 +161,20 @@ class GenerationEngine:
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
-        self._waiting: deque[GenerationJob] = deque()  # appended on the loop, taken on the executor
-        self._active = 0  # jobs submitted and not yet finished or dropped
-        self._batch: DecodeBatch[GenerationJob] | None = None  # touched on the executor only
+        self._chunk = prefill_chunk_tokens
+        self.on_device_lost = on_device_lost  # set by the registry: the server's hook
+        self._waiting: deque[_Row] = deque()  # appended on the loop, taken on the executor
+        self._active = 0  # outboxes handed out and not yet ended (loop only)
+        # --- executor thread only ---
+        self._batch: DecodeBatch[_Row] | None = None
+        self._prefilling: deque[_Row] = deque()  # rows whose prefix is prefilled in chunks
+        self._records: list[tuple[list[_Row], list[int], torch.Tensor]] = []  # ids on device
+        # ---
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # guards _scheduled/_closed between loop and executor
         self._scheduled = False  # a _drive call is queued or running on the executor
         self._closed = False
+        self._lost = False
         m = metrics
         self._m_queue = m.queue_depth.labels(name, "generation")
         self._m_active = m.active_generations.labels(name)
@@ -161,28 +192,32 @@ class GenerationEngine:
         self._closed = False
 
     async def stop(self) -> None:
-        """Refuse new work and fail what is left (queued or still in the batch)."""
+        """Refuse new work and fail what is left (queued, prefilling or in the batch)."""
         with self._lock:
             self._closed = True  # a running _drive finishes its call and does not come back
         error = RnnserveError("the server is shutting down")
-        left: list[GenerationJob] = []
-        try:  # behind any running call on the device thread, then the batch is ours
+        left: list[_Row] = []
+        try:  # behind any running call on the device thread, then the rows are ours
             left = await asyncio.get_running_loop().run_in_executor(self._executor, self._abandon)
         except RuntimeError:  # the executor is already shut down
             pass
         while self._waiting:
             left.append(self._waiting.popleft())
-        for job in left:
-            if not job.outbox.done:
-                job.outbox.fail(error)
+        for row in left:
+            row.outbox.fail(error)
         self._active = 0
 
-    def _abandon(self) -> list[GenerationJob]:
+    def _abandon(self) -> list[_Row]:
         batch, self._batch = self._batch, None
-        return list(batch.items) if batch is not None else []
+        rows = list(batch.items) if batch is not None else []
+        rows += self._prefilling
+        self._prefilling.clear()
+        self._records.clear()
+        return rows
 
     @property
     def active(self) -> int:
+        """Generations submitted and not yet ended (the admission count)."""
         return self._active
 
     @property
@@ -190,27 +225,30 @@ class GenerationEngine:
         """Generations not finished yet (the Runner protocol's drain count)."""
         return self._active
 
-    # --- admission -----------------------------------------------------------------------------
-    def submit(self, job: GenerationJob) -> None:
-        """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum."""
+    # --- admission (event loop) ----------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> GenerationOutbox:
+        """Queue a generation; returns its outbox. RESOURCE_EXHAUSTED when the model already
+        runs its maximum; UNAVAILABLE after the device was lost."""
         if self._loop is None or self._closed:
             raise RuntimeError("engine not started")
+        if self._lost:
+            raise RnnserveError(f"model {self.name!r}: the device failed; retry on another server")
         if self._active >= self._max_active:
             self._m_rejected.inc()
             raise ResourceExhaustedError(
                 f"model {self.name!r} is running its maximum of {self._max_active} generations; "
                 "retry later"
             )
-        if not job.options.greedy:
-            job.sampler = Sampler(job.options)
+        outbox: GenerationOutbox = Outbox()
         self._active += 1
-        self._waiting.append(job)
+        self._waiting.append(_Row(request, outbox))
         self._m_queue.set(len(self._waiting))
         with self._lock:
             if self._scheduled:
-                return  # the running chain admits it at its next step boundary
+                return outbox  # the running chain admits it at its next step boundary
             self._scheduled = True
         self._executor.submit(self._drive)
+        return outbox
 
     # --- the chain of executor calls -----------------------------------------------------------
     def _drive(self) -> None:
@@ -218,10 +256,11 @@ class GenerationEngine:
         while there is work, queue the next call behind whatever else waits for the device (the
         classifier's batches), so the device thread never waits on the event loop."""
         started = time.perf_counter()
-        result = self._iterate(self._max_steps)
-        self._post(result, (time.perf_counter() - started) / max(result.steps, 1))
+        call = self._iterate(self._max_steps)
+        self._post(call, (time.perf_counter() - started) / max(call.steps, 1))
         with self._lock:
-            if self._closed or (self._batch is None and not self._waiting):
+            if self._closed or (self._batch is None and not self._prefilling
+                                and not self._waiting):
                 self._scheduled = False
                 return
         try:
@@ -230,214 +269,367 @@ class GenerationEngine:
             with self._lock:
                 self._scheduled = False
 
-    def _post(self, result: _CallResult, step_seconds: float | None) -> None:
-        """From the executor: have the loop deliver ``result``."""
+    def _post(self, call: _Call, step_seconds: float | None) -> None:
+        """From the executor: have the loop deliver ``call``."""
         try:
-            self._loop.call_soon_threadsafe(self._deliver, result,  # type: ignore[union-attr]
+            self._loop.call_soon_threadsafe(self._deliver, call,  # type: ignore[union-attr]
                                             step_seconds)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             self._closed = True
 
-    def _deliver(self, result: _CallResult, step_seconds: float | None) -> None:
-        """On the loop: hand each job its tokens (one piece per job per call), settle counts.
+    def _deliver(self, call: _Call, step_seconds: float | None) -> None:
+        """On the loop: hand each outbox its tokens (one piece per call), end what ended, and
+        count each ended generation exactly once (``Outbox`` says whether it just ended).
 
         ``step_seconds`` is None for an early delivery of first tokens in the middle of a call.
         """
         now = time.perf_counter()
-        if result.error is not None:  # a model failure fails the jobs it touched, not the server
-            logger.error("generation step failed on model %s", self.name, exc_info=result.error)
-            for job in result.failed:
-                job.outbox.fail(result.error)
-            self._active -= len(result.failed)
-        for job, exc in result.row_errors:  # one request's failure, not its batch mates'
-            logger.error("generation failed on model %s", self.name, exc_info=exc)
-            job.outbox.fail(exc)
-        self._active -= len(result.row_errors)
-        if result.dropped:
-            self._active -= len(result.dropped)
-            self._m_cancelled.inc(len(result.dropped))
         itos = self._itos
         produced = 0
-        for job, ids, generated, finished in result.tokens:
-            if job.outbox.done:  # failed in this call
-                continue
-            if generated == len(ids):
-                self._m_ttft.observe(now - job.submitted_at)
-            if step_seconds is not None:
-                self._m_itl.observe(step_seconds)
-            produced += len(ids)
-            job.outbox.put("".join([itos[i] for i in ids]), len(ids), done=finished)
-            if finished:
-                self._active -= 1
+        ended = 0
+        for outbox, ids, _, result, submitted_at in call.tokens:
+            if ids:
+                if submitted_at is not None:
+                    self._m_ttft.observe(now - submitted_at)
+                if step_seconds is not None:
+                    self._m_itl.observe(step_seconds)
+                produced += len(ids)
+                outbox.put("".join([itos[i] for i in ids]), len(ids))
+            if result is not None and outbox.finish(result):
+                ended += 1
+        for outbox in call.dropped:
+            if outbox.drop():
+                ended += 1
+                self._m_cancelled.inc()
+        for outbox, exc in call.failed:  # one request's failure, not its batch mates'
+            if outbox.fail(exc):
+                ended += 1
+        self._active -= ended
         self._m_tokens.inc(produced)
+        if call.device_lost is not None and self.on_device_lost is not None:
+            self.on_device_lost(call.device_lost)
         if step_seconds is not None:
-            self._m_active.set(result.batch_size)
+            self._m_active.set(call.batch_size)
             self._m_queue.set(len(self._waiting))
 
     # --- model work (executor thread) ----------------------------------------------------------
-    def _iterate(self, steps: int) -> _CallResult:
-        """Run up to ``steps`` decode steps, admitting and dropping sequences between steps.
+    def _iterate(self, steps: int) -> _Call:
+        """Run up to ``steps`` decode steps, admitting, prefilling and dropping rows between them.
 
-        A job's first token is posted to the loop as soon as it exists (time to first token does
+        A row's first token is posted to the loop as soon as it exists (time to first token does
         not wait for the end of the call); the rest of the call's tokens go at its end.
         """
-        touched: dict[GenerationJob, None] = {}  # insertion-ordered set
-        firsts: list[GenerationJob] = []
-        dropped: list[GenerationJob] = []
-        admitting: list[GenerationJob] = []
-        batch, self._batch = self._batch, None
-        ran = 0
-        failed: list[GenerationJob] = []
-        row_errors: list[tuple[GenerationJob, Exception]] = []
-        error: Exception | None = None
-        with torch.inference_mode():
-            try:
-                for step in range(steps):
-                    batch = self._boundary(batch, dropped, admitting, step == 0)
-                    if batch is None:
-                        break
-                    batch = self._step(batch, touched, firsts, row_errors)
-                    ran += 1
+        call = _Call()
+        touched: dict[_Row, None] = {}  # insertion-ordered set of rows with new tokens
+        try:
+            with torch.inference_mode():
+                for i in range(steps):
+                    self._boundary(call, first=i == 0)
+                    if self._batch is None:
+                        break  # nothing decodes (the next call runs the next prefill chunk)
+                    firsts = self._step(call, touched)
+                    call.steps += 1
                     if firsts:
-                        self._post(_CallResult(self._take_tokens(firsts, touched), [], 0, 0, [],
-                                               None), None)
-                        firsts.clear()
-            except Exception as exc:  # noqa: BLE001 - handed to the loop, which fails the jobs
-                failed = (batch.items if batch is not None else []) + admitting
-                batch, error = None, exc
-        self._batch = batch
-        for job, _ in row_errors:
-            touched.pop(job, None)
-        return _CallResult(self._take_tokens(list(touched), touched), dropped, ran,
-                           len(batch) if batch is not None else 0, failed, error, row_errors)
+                        early = _Call()
+                        self._take(firsts, touched, early)
+                        self._post(early, None)
+                self._flush()
+        except _DeviceLost as lost:
+            self._lose_device(call, lost.cause, lost.rows)
+        self._take(list(touched), touched, call)
+        call.batch_size = len(self._batch) if self._batch is not None else 0
+        return call
 
-    @staticmethod
-    def _take_tokens(jobs: list[GenerationJob], touched: dict[GenerationJob, None]
-                     ) -> list[tuple[GenerationJob, list[int], int, bool]]:
-        """Snapshot and clear the jobs' new tokens (the loop reads them while we go on)."""
-        out = []
-        for job in jobs:
-            out.append((job, job.new_ids, job.generated, job.finish is not None))
-            job.new_ids = []
-            del touched[job]
-        return out
+    def _take(self, rows: list[_Row], touched: dict[_Row, None], call: _Call) -> None:
+        """Move the rows' new ids (and results, for finished rows) into ``call``."""
+        for row in rows:
+            touched.pop(row, None)
+            if row.settled:
+                continue  # failed or dropped in this call: its last tokens are not sent
+            ids = row.ids[row.posted:]
+            first = row.request.submitted_at if row.posted == 0 and ids else None
+            row.posted = len(row.ids)
+            result = None
+            if row.finish is not None:
+                row.settled = True
+                assert row.final_state is not None
+                result = GenerationResult(row.finish, row.generated, row.final_state, row.ids[-1])
+            call.tokens.append((row.outbox, ids, row.generated, result, first))
 
-    def _boundary(self, batch: DecodeBatch[GenerationJob] | None, dropped: list[GenerationJob],
-                  admitting: list[GenerationJob], call_start: bool
-                  ) -> DecodeBatch[GenerationJob] | None:
-        """Between two steps: cancelled rows leave, queued jobs join while there is room.
+    def _fail(self, rows: list[_Row], exc: Exception, call: _Call, what: str) -> None:
+        """Fail ``rows`` (each at most once) with the request error for ``exc``."""
+        if is_device_lost(exc):
+            raise _DeviceLost(exc, list(rows)) from exc
+        rows = [row for row in rows if not row.settled]
+        if not rows:
+            return
+        if is_out_of_memory(exc):  # expected under load: no traceback
+            logger.warning("generation %s on model %s ran out of device memory (%d requests "
+                           "fail with RESOURCE_EXHAUSTED): %s", what, self.name, len(rows), exc)
+        else:
+            logger.error("generation %s failed on model %s (%d requests fail)", what, self.name,
+                         len(rows), exc_info=exc)
+        error = request_error(exc)
+        for row in rows:
+            row.settled = True
+            call.failed.append((row.outbox, error))
 
-        Joining a small batch, a prefix warms up in the batch (a warming row costs 1/B of a
-        step per character, and the newcomer joins at once). Joining a big batch
-        (``PREFILL_BATCH_ROWS``), where every step is long, the newcomers of a whole call are
-        prefilled together at its start instead, so that their first token does not wait one
-        long step per prefix character; joining an empty batch, they are prefilled too (the
-        packed call runs the recurrence in C++, faster than one step call per character).
-        """
-        if batch is not None:
-            items = batch.items
-            if any(job.cancelled for job in items):
-                dropped.extend(job for job in items if job.cancelled)
-                batch = batch.filter([i for i, job in enumerate(items) if not job.cancelled])
-        rows = len(batch) if batch is not None else 0
+    def _drop(self, row: _Row, call: _Call) -> None:
+        if not row.settled:
+            row.settled = True
+            call.dropped.append(row.outbox)
+
+    def _lose_device(self, call: _Call, cause: BaseException, held: list[_Row]) -> None:
+        """The device context is gone: fail every row this engine holds, refuse new ones."""
+        logger.critical("model %s: the device failed (%s); failing every generation, the "
+                        "server must be replaced", self.name, cause)
+        self._lost = True
+        error = request_error(cause if isinstance(cause, Exception) else RuntimeError(cause))
+        rows = held + self._abandon()
+        while self._waiting:
+            rows.append(self._waiting.popleft())
+        for row in rows:
+            if not row.settled:
+                row.settled = True
+                call.failed.append((row.outbox, error))
+        call.device_lost = cause
+
+    def _boundary(self, call: _Call, first: bool) -> None:
+        """Between two steps: cancelled rows leave, queued rows join while there is room, and
+        at a call's start one chunk of prefill runs."""
+        batch = self._batch
+        if batch is not None and any(row.outbox.cancelled for row in batch.items):
+            keep = [i for i, row in enumerate(batch.items) if not row.outbox.cancelled]
+            try:
+                self._batch = batch.filter(keep)
+            except Exception as exc:  # noqa: BLE001 - the batch's rows fail, nothing else
+                self._batch = None
+                self._fail(batch.items, exc, call, "filter")
+            for row in batch.items:
+                if row.outbox.cancelled:
+                    self._drop(row, call)
+        if any(row.outbox.cancelled for row in self._prefilling):
+            for row in self._prefilling:
+                if row.outbox.cancelled:
+                    self._drop(row, call)
+            self._prefilling = deque(r for r in self._prefilling if not r.outbox.cancelled)
+        rows = len(self._batch) if self._batch is not None else 0
         big = rows >= PREFILL_BATCH_ROWS
-        if big and not call_start:
-            return batch
-        room = self._max_batch - rows
+        if first or not big:
+            self._admit(call, rows, big)
+        if self._prefilling and first:
+            self._prefill_chunk(call)
+
+    def _admit(self, call: _Call, rows: int, big: bool) -> None:
+        """Queued rows join: to the prefill queue, or straight into the batch."""
+        room = self._max_batch - rows - len(self._prefilling)
+        joining: list[_Row] = []
         waiting = self._waiting
-        while room > len(admitting) and waiting:
-            job = waiting.popleft()  # deque: safe against the loop's appends
-            if job.cancelled:
-                dropped.append(job)
+        while room > len(joining) and waiting:
+            row = waiting.popleft()  # deque: safe against the loop's appends
+            if row.outbox.cancelled:
+                self._drop(row, call)
+            elif (row.request.prefill and (big or rows == 0
+                                           or len(row.request.prefill) >= PREFILL_MIN_TOKENS)):
+                self._prefilling.append(row)
+                room -= 1
             else:
-                admitting.append(job)
-        if admitting:
-            joined = self._join(admitting, prefill_all=big or rows == 0)
-            admitting.clear()
-            batch = joined if batch is None else batch.concatenate(joined)
-        return batch
+                joining.append(row)  # no prefix left, or a short one prefilled in the batch
+        if joining:
+            self._join(joining, call)
 
-    def _join(self, jobs: list[GenerationJob], prefill_all: bool) -> DecodeBatch[GenerationJob]:
-        """Rows for newcomers: prefixes are prefilled in one packed call when long (or when
-        ``prefill_all``), else they warm up in the batch."""
-        module = self._module
-        zero = None
-        states: list[torch.Tensor] = []
-        for job in jobs:
-            if job.state is None:
-                if zero is None:
-                    zero = torch.stack(module.zero_state(1, self._device))[:, :, 0]  # (S, L, H)
-                states.append(zero)
-            else:
-                states.append(job.state)
-        prefill = [i for i, job in enumerate(jobs)
-                   if job.feed and (prefill_all or len(job.feed) >= PREFILL_MIN_TOKENS)]
-        if prefill:
-            self._m_prefill_batch.observe(len(prefill))
-            start = torch.stack([states[i] for i in prefill], dim=2)  # (S, L, B, H)
-            _, new_state = module.prefill([jobs[i].feed for i in prefill],
-                                          tuple(start.unbind(0)))
+    def _join(self, rows: list[_Row], call: _Call) -> None:
+        """Rows join the decode batch; if building or joining fails, they fail (only they) and
+        the running batch goes on as it was."""
+        try:
+            zero = None
+            states: list[torch.Tensor] = []
+            for row in rows:
+                if row.state is None:
+                    if zero is None:
+                        zero = torch.stack(self._module.zero_state(1, self._device))[:, :, 0]
+                    states.append(zero)  # (S, L, H)
+                else:
+                    states.append(row.state)
+            tokens = [row.request.prefill[row.cursor] if row.prefilling else row.request.pending
+                      for row in rows]
+            joined = DecodeBatch.from_rows(rows, states, tokens, self._device)
+            batch = joined if self._batch is None else self._batch.concatenate(joined)
+        except Exception as exc:  # noqa: BLE001 - the newcomers fail, the batch goes on
+            self._fail(rows, exc, call, "join")
+            return
+        self._batch = batch
+        for row in rows:
+            row.state = None
+
+    def _prefill_chunk(self, call: _Call) -> None:
+        """Consume up to ``prefill_chunk_tokens`` prefix tokens of the queued prefills in one
+        packed ``prefill`` call (short remainders first, then first come first served); rows
+        whose prefix is consumed join the decode batch."""
+        budget = self._chunk
+        rows: list[_Row] = []
+        pieces: list[list[int]] = []
+        # short prefixes first (they finish in this chunk and start decoding), then first come
+        # first served: a short request never waits behind a long prefix
+        queue = sorted(self._prefilling,
+                       key=lambda r: len(r.request.prefill) - r.cursor >= PREFILL_MIN_TOKENS)
+        for row in queue:
+            if budget <= 0:
+                break
+            n = min(budget, len(row.request.prefill) - row.cursor)
+            pieces.append(list(row.request.prefill[row.cursor:row.cursor + n]))
+            rows.append(row)
+            budget -= n
+        try:
+            self._m_prefill_batch.observe(len(rows))
+            self._threads.apply(len(rows))
+            zero = None
+            states = []
+            for row in rows:
+                if row.state is None:
+                    if zero is None:
+                        zero = torch.stack(self._module.zero_state(1, self._device))[:, :, 0]
+                    states.append(zero)
+                else:
+                    states.append(row.state)
+            start = torch.stack(states, dim=2)  # (S, L, B, H)
+            _, new_state = self._module.prefill(pieces, tuple(start.unbind(0)))
             new = torch.stack(new_state)  # (S, L, B, H)
-            for row, i in enumerate(prefill):
-                states[i] = new[:, :, row]
-        prefilled = set(prefill)
-        tokens: list[int] = []
-        for i, job in enumerate(jobs):
-            if job.feed and i not in prefilled:
-                job.warm = len(job.feed)
-                tokens.append(job.feed[0])
-            else:
-                tokens.append(job.pending)
-        return DecodeBatch.from_rows(list(jobs), states, tokens, self._device)
+        except Exception as exc:  # noqa: BLE001 - the rows of this chunk fail, nothing else
+            failed = set(rows)
+            self._prefilling = deque(r for r in self._prefilling if r not in failed)
+            self._fail(rows, exc, call, "prefill")
+            return
+        done: list[_Row] = []
+        for k, (row, piece) in enumerate(zip(rows, pieces, strict=True)):
+            row.state = new[:, :, k].clone()  # (S, L, H), its own storage
+            row.cursor += len(piece)
+            if not row.prefilling:
+                done.append(row)
+        if done:
+            finished = set(done)
+            self._prefilling = deque(r for r in self._prefilling if r not in finished)
+            self._join(done, call)
 
-    def _step(self, batch: DecodeBatch[GenerationJob], touched: dict[GenerationJob, None],
-              firsts: list[GenerationJob], row_errors: list[tuple[GenerationJob, Exception]]
-              ) -> DecodeBatch[GenerationJob] | None:
-        """One step for every row: warming rows take their next prefix character, the others
-        emit a token; finished rows leave the batch, and so does a row whose sampling fails
-        (that request fails alone)."""
-        self._m_batch.observe(len(batch))
-        self._threads.apply(len(batch))
-        logits, batch.state = self._module.step(batch.tokens, batch.state)
-        ids: list[int] = logits.argmax(dim=1).tolist()  # (B,)
-        keep: list[int] = []
-        for row, job in enumerate(batch.items):
-            if job.warm:  # this step consumed a prefix character: feed the next one
-                job.warm -= 1
-                ids[row] = job.feed[-job.warm] if job.warm else job.pending
-                keep.append(row)
+    def _step(self, call: _Call, touched: dict[_Row, None]) -> list[_Row]:
+        """One decode step for every row of the batch; returns the rows that got their first
+        token. Rows prefilling in the batch take their next prefix character; the others emit a
+        token; finished rows leave with their final state."""
+        batch = self._batch
+        assert batch is not None
+        items = batch.items
+        self._m_batch.observe(len(items))
+        self._threads.apply(len(items))
+        try:
+            logits, state = self._module.step(batch.tokens, batch.state)  # (B, V), S x (L, B, H)
+            nxt = logits.argmax(dim=1)  # (B,) on the device
+        except Exception as exc:  # noqa: BLE001 - the rows of this step fail
+            self._batch = None
+            self._records.clear()
+            self._fail(items, exc, call, "decode step")
+            return []
+        emitting: list[int] = []
+        forced_rows: list[int] = []
+        forced: list[int] = []
+        sampled: list[int] = []
+        finished: list[int] = []
+        firsts: list[_Row] = []
+        sync = False
+        for i, row in enumerate(items):
+            request = row.request
+            if row.cursor < len(request.prefill):  # this step consumed a prefix character
+                row.cursor += 1
+                forced_rows.append(i)
+                forced.append(request.prefill[row.cursor] if row.cursor < len(request.prefill)
+                              else request.pending)
                 continue
-            if job.sampler is not None:
-                try:
-                    ids[row] = job.sampler.draw(logits[row])
-                except Exception as exc:  # noqa: BLE001 - handed to the loop, fails this job
-                    row_errors.append((job, exc))
-                    if job in firsts:
-                        firsts.remove(job)
-                    continue
-            token = ids[row]
-            job.new_ids.append(token)
-            job.generated += 1
-            touched[job] = None
-            if job.generated == 1:
-                firsts.append(job)
-            if self._finished(job, token):
-                job.final_state = batch.row_state(row)
-                job.final_pending = token
-            else:
-                keep.append(row)
-        batch.tokens = torch.tensor(ids, dtype=torch.long, device=self._device)
-        return batch.filter(keep)
+            emitting.append(i)
+            row.generated += 1
+            touched[row] = None
+            if row.seed:
+                sampled.append(i)
+            if row.generated == 1:
+                firsts.append(row)
+                sync = True
+            if request.options.stop:
+                sync = True
+            if row.generated >= request.max_tokens:
+                row.finish = FinishReason.LENGTH
+                finished.append(i)
+        failed: set[int] = set()
+        if sampled:
+            try:
+                nxt = self._sample(logits, nxt, [items[i] for i in sampled], sampled, failed, call)
+            except Exception as exc:  # noqa: BLE001 - e.g. the index tensors: the step's rows
+                self._batch = None
+                self._records.clear()
+                self._fail(items, exc, call, "sampling")
+                return []
+        if forced_rows:
+            nxt[torch.tensor(forced_rows, device=self._device)] = torch.tensor(
+                forced, dtype=nxt.dtype, device=self._device)
+        self._records.append(([items[i] for i in emitting], emitting, nxt))
+        if sync:
+            self._flush()
+            for i in emitting:
+                row = items[i]
+                if row.request.options.stop and i not in failed and self._stopped(row):
+                    if row.finish is None:
+                        finished.append(i)
+                    row.finish = FinishReason.STOP
+        batch.state, batch.tokens = state, nxt
+        leave = set(finished) | failed
+        try:
+            for i in finished:
+                if i not in failed:
+                    items[i].final_state = batch.row_state(i)
+            self._batch = batch.filter([i for i in range(len(items)) if i not in leave])
+        except Exception as exc:  # noqa: BLE001 - the batch's rows fail
+            self._batch = None
+            self._fail(items, exc, call, "decode step")
+            return []
+        return [row for row in firsts if not row.settled]
 
-    def _finished(self, job: GenerationJob, token: int) -> bool:
-        stop = job.options.stop
-        if stop:
-            window = max(len(s) for s in stop)
-            job.tail = (job.tail + self._itos[token])[-window:]
-            if any(job.tail.endswith(s) for s in stop):
-                job.finish = FinishReason.STOP
-                return True
-        if job.generated >= job.max_tokens:
-            job.finish = FinishReason.LENGTH
-            return True
-        return False
+    def _sample(self, logits: torch.Tensor, nxt: torch.Tensor, rows: list[_Row],
+                index: list[int], failed: set[int], call: _Call) -> torch.Tensor:
+        """Sampled rows' tokens into ``nxt`` (one call for all; row by row if it fails, so that
+        only a failing row fails)."""
+        every = len(index) == len(nxt)  # all rows sample: no gather, no scatter
+        where = None if every else torch.tensor(index, device=self._device)
+        options = [row.request.options for row in rows]
+        seeds = [row.seed for row in rows]
+        draws = [row.generated - 1 for row in rows]
+        try:
+            drawn = decoding.sample(logits if where is None else logits.index_select(0, where),
+                                    options, seeds, draws)
+        except Exception as exc:  # noqa: BLE001 - find the failing rows one at a time
+            if is_device_lost(exc):
+                raise _DeviceLost(exc, list(rows)) from exc
+            parts = []
+            for k, (i, row) in enumerate(zip(index, rows, strict=True)):
+                try:
+                    parts.append(decoding.sample(logits[i:i + 1], options[k:k + 1],
+                                                 seeds[k:k + 1], draws[k:k + 1]))
+                except Exception as row_exc:  # noqa: BLE001 - this request fails alone
+                    failed.add(i)
+                    self._fail([row], row_exc, call, "sampling")
+                    parts.append(nxt[i:i + 1])
+            drawn = torch.cat(parts)
+        if where is None:
+            return drawn
+        nxt[where] = drawn
+        return nxt
+
+    def _flush(self) -> None:
+        """Bring the recorded next tokens to the host (one transfer per recorded step)."""
+        for rows, index, nxt in self._records:
+            values = nxt.tolist()
+            for row, i in zip(rows, index, strict=True):
+                row.ids.append(values[i])
+        self._records.clear()
+
+    def _stopped(self, row: _Row) -> bool:
+        stop = row.request.options.stop
+        window = max(len(s) for s in stop)
+        row.tail = (row.tail + self._itos[row.ids[-1]])[-window:]
+        return any(row.tail.endswith(s) for s in stop)

@@ -2,8 +2,9 @@
 
 The prefix is normalised character-wise (as the model's config says), encoded with the model's
 vocabulary (unknown characters become ``<unk>``), and handed to the model's engine together with
-the session's state. Where the state starts and what is fed follow d2l's ``predict_ch8``: every
-character but the last is consumed in warm-up, and the last is the first decode step's input.
+the session's state. Where the state starts and what is prefilled follow d2l's ``predict_ch8``:
+every character but the last is consumed in prefill, and the last is the first decode step's
+input.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
 from rnnserve.server.calls import call_expired
 from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import GenerationEngine, GenerationJob
+from rnnserve.server.engine import (
+    GenerationEngine,
+    GenerationOutbox,
+    GenerationRequest,
+    GenerationResult,
+)
 from rnnserve.server.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -45,6 +51,7 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
         max_batch_size=settings.max_batch_size, max_active=settings.max_active_generations,
         max_steps_per_iteration=settings.max_steps_per_iteration,
         threads=StepThreads(settings.torch_threads),
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
     )
 
 
@@ -92,14 +99,14 @@ class Generator:
             text = normalize_chars(params.prefix, loaded.normalization)
             ids = loaded.vocab.encode(text)
             if session is not None and session.state is not None:
-                feed = [session.pending, *ids[:-1]] if ids else []
+                prefill = (session.pending, *ids[:-1]) if ids else ()
                 pending = ids[-1] if ids else session.pending
                 state = session.state.to(loaded.device)  # the Redis store hands back CPU
             else:
-                feed, pending, state = ids[:-1], ids[-1], None
-            job = GenerationJob(feed=feed, pending=pending, state=state,
-                                max_tokens=max_tokens, options=params.options)
-            entry.runner.submit(job)
+                prefill, pending, state = tuple(ids[:-1]), ids[-1], None
+            request = GenerationRequest(prefill=prefill, pending=pending, state=state,
+                                        max_tokens=max_tokens, options=params.options)
+            outbox: GenerationOutbox = entry.runner.submit(request)
         except BaseException:
             await self._close(session, fresh, None)
             raise
@@ -109,19 +116,22 @@ class Generator:
         completed = False
         try:
             while True:
-                piece, generated = await job.outbox.take()
-                done = job.outbox.done
-                yield GenerationChunk(
-                    text=piece, session_id=session_id, finish_reason=job.finish if done else None,
-                    prefix_tokens=len(ids), generated_tokens=generated,
-                    model=entry.name, model_version=version,
-                )
-                if done:
+                piece, generated = await outbox.take()  # raises the generation's error
+                result = outbox.result
+                if piece or result is not None:
+                    yield GenerationChunk(
+                        text=piece, session_id=session_id,
+                        finish_reason=result.finish if result is not None else None,
+                        prefix_tokens=len(ids), generated_tokens=generated,
+                        model=entry.name, model_version=version,
+                    )
+                if result is not None:
                     completed = True
                     return
         finally:
-            job.cancelled = not completed
-            await self._close(session, fresh, job if completed else None, len(ids))
+            if not completed:
+                outbox.cancel()
+            await self._close(session, fresh, outbox.result if completed else None, len(ids))
 
     async def _open(self, params: GenerateParams
                     ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
@@ -148,12 +158,12 @@ class Generator:
             return entry, session, True
         return entry, None, False
 
-    async def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
+    async def _close(self, session: Session | None, fresh: bool, result: GenerationResult | None,
                prefix_tokens: int = 0) -> None:
-        """Store a finished job's state in its session; a failed request changes nothing."""
+        """Store a finished generation's state in its session; a failed one changes nothing."""
         if session is None:
             return
-        if job is None:
+        if result is None:
             if fresh:
                 await self._sessions.discard(session)
             else:
@@ -162,8 +172,8 @@ class Generator:
         if call_expired():  # checked at commit time: a turn reported failed changes nothing
             await self._close(session, fresh, None)
             raise DeadlineExceededError("the turn's session state")
-        await self._sessions.release(session, job.final_state, job.final_pending,
-                               added_tokens=prefix_tokens + job.generated)
+        await self._sessions.release(session, result.state, result.pending,
+                                     added_tokens=prefix_tokens + result.generated)
 
     async def end_session(self, session_id: str) -> int:
         """EndSession: drop the session; returns the characters it had seen."""

@@ -19,6 +19,8 @@ from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import ServerSettings, load_settings
 from rnnserve.server.workers import is_worker, mark_ready, supervise
 
+DEVICE_LOST_EXIT = 3  # the device failed: a supervisor should start a new process
+
 logger = logging.getLogger(__name__)
 
 
@@ -102,7 +104,15 @@ async def serve(settings: ServerSettings) -> int:
         else:
             logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host,
                         server.port, server.metrics_port)
-        await stopping
+        lost = asyncio.create_task(server.device_lost.wait(), name="device-lost")
+        await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if server.device_lost.is_set():
+            stopping.cancel()
+            logger.critical("exiting: the device failed (exit code %d, for the supervisor to "
+                            "restart the server)", DEVICE_LOST_EXIT)
+            await server.stop(grace=0)
+            return DEVICE_LOST_EXIT
+        lost.cancel()
         logger.info("draining (grace %.1fs)", settings.grace_period_s)
         await server.stop()
         logger.info("stopped")

@@ -68,7 +68,7 @@ class Metrics:
             "rnnserve_generated_tokens_total", "Characters generated.", ["model"], registry=r,
         )
         self.prefix_tokens = Counter(
-            "rnnserve_prefix_tokens_total", "Prefix characters consumed in warm-up.",
+            "rnnserve_prefix_tokens_total", "Prefix characters consumed in prefill.",
             ["model"], registry=r,
         )
         self.forecast_points = Counter(

@@ -143,15 +143,20 @@ class ModelRegistry:
     def __init__(self, settings: ServerSettings, metrics: Metrics,
                  kinds: Sequence[ServingKind[Any]],
                  on_change: Callable[[], None] | None = None,
-                 on_retire: Callable[[str, int], int] | None = None) -> None:
+                 on_retire: Callable[[str, int], int] | None = None,
+                 on_device_lost: Callable[[BaseException], None] | None = None) -> None:
         """``kinds``: how to serve each kind of model (a model of a kind not among them fails
         to load); ``on_change`` runs after any readiness change; ``on_retire(name, version)``
-        when a version stops serving (it drops that version's sessions and returns how many)."""
+        when a version stops serving (it drops that version's sessions and returns how many);
+        ``on_device_lost(error)`` is handed to every runner that reports a lost device (one
+        with an ``on_device_lost`` attribute): it runs on the loop when the device context
+        cannot be trusted any more."""
         self._settings = settings
         self._kinds: dict[ModelKind, ServingKind[Any]] = {k.kind: k for k in kinds}
         self._metrics = metrics
         self._on_change = on_change or (lambda: None)
         self._on_retire = on_retire or (lambda name, version: 0)
+        self._on_device_lost = on_device_lost
         self._entries: dict[str, ModelEntry] = {}
         self._info_labels: dict[str, tuple[str, ...]] = {}
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
@@ -321,6 +326,8 @@ class ModelRegistry:
         if hasattr(loaded.module, "batch_invariant"):  # char LMs and classifiers
             loaded.module.batch_invariant = self._settings.batch_invariant
         runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
+        if hasattr(runner, "on_device_lost"):  # a runner that can tell a lost device
+            runner.on_device_lost = self._on_device_lost
         await runner.start()
         return runner
 

@@ -134,6 +134,10 @@ class ServerSettings(BaseSettings):
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
     )
+    prefill_chunk_tokens: int = Field(
+        256, ge=1, description="Prefix tokens prefilled per engine iteration (chunked prefill: "
+        "bounds how long one iteration stalls running streams and the prefill memory)."
+    )
 
     # --- forecasting ---------------------------------------------------------------------------
     max_horizon: int = Field(4096, ge=1, description="Largest horizon (points) a Forecast may ask.")

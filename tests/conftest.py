@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,20 @@ from rnnserve.server.settings import ServerSettings
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 DATA = ROOT.parent / "shared" / "data"
+# the device test servers run on: cpu unless told (``RNNSERVE_TEST_DEVICE=cuda`` on a GPU machine)
+TEST_DEVICE = os.environ.get("RNNSERVE_TEST_DEVICE", "cpu")
 
 ServerFactory = Callable[..., Awaitable[RnnServer]]
 
 
 def test_settings(**overrides: Any) -> ServerSettings:
-    """Settings for a test server: loopback, ephemeral ports, the shipped models, CPU."""
+    """Settings for a test server: loopback, ephemeral ports, the shipped models, TEST_DEVICE."""
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
         "model_repository": MODEL_REPOSITORY,
-        "device": "cpu",
+        "device": TEST_DEVICE,
         "grace_period_s": 2.0,
     }
     values.update(overrides)

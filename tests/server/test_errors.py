@@ -318,14 +318,14 @@ async def test_a_request_that_is_not_valid_protobuf_is_refused_cleanly(server, a
 async def test_one_failing_generation_does_not_fail_its_batch_mates(server, connect, monkeypatch):
     from rnnserve.server import decoding
 
-    real_draw = decoding.Sampler.draw
+    real_sample = decoding.sample
 
-    def draw(self, logits):
-        if self.options.seed == 666:
+    def sample(logits, options, seeds, draws):
+        if any(o.seed == 666 for o in options):
             raise Boom(SECRET)
-        return real_draw(self, logits)
+        return real_sample(logits, options, seeds, draws)
 
-    monkeypatch.setattr(decoding.Sampler, "draw", draw)
+    monkeypatch.setattr(decoding, "sample", sample)
     async with connect(server) as client:
         expected = (await client.generate("the time traveller", max_tokens=3000)).text
         first = asyncio.Event()

@@ -1,0 +1,225 @@
+"""Fault injection: a failure stays in the rows it belongs to, and the active count returns to 0.
+
+A wrapped fake model raises in prefill, step, join (``DecodeBatch.concatenate``) or sampling;
+each test checks who fails, with what, that everyone else gets exactly their answer, and that
+the engine's admission count comes back to 0 (never below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from engine_fakes import CountingModel, as_text, collect, expected, loaded_model, request, settled
+from rnnserve.server import decoding
+from rnnserve.server.batch import DecodeBatch
+from rnnserve.server.device import DeviceLostError
+from rnnserve.server.engine import GenerationEngine, GenerationOutbox
+from rnnserve.server.errors import ResourceExhaustedError
+from rnnserve.server.metrics import Metrics
+
+
+class Boom(Exception):
+    pass
+
+
+class FaultyModel(CountingModel):
+    """CountingModel that raises ``error`` when ``when(kind, arg)`` says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.when = lambda kind, arg: False
+        self.error: Exception = Boom("injected")
+
+    def prefill(self, sequences, state):
+        if self.when("prefill", sequences):
+            raise self.error
+        return super().prefill(sequences, state)
+
+    def step(self, tokens, state):
+        if self.when("step", tokens):
+            raise self.error
+        return super().step(tokens, state)
+
+
+@pytest.fixture
+async def faulty():
+    executor = ThreadPoolExecutor(1)
+    made: list[GenerationEngine] = []
+    lost: list[BaseException] = []
+
+    async def make(**kw) -> tuple[GenerationEngine, FaultyModel]:
+        model = FaultyModel()
+        options = {"max_batch_size": 64, "max_active": 64, "max_steps_per_iteration": 4,
+                   "prefill_chunk_tokens": 32, "on_device_lost": lost.append} | kw
+        engine = GenerationEngine(loaded_model(model), "faulty", executor, Metrics(), **options)
+        await engine.start()
+        made.append(engine)
+        return engine, model
+
+    make.lost = lost  # type: ignore[attr-defined]
+    yield make
+    for engine in made:
+        await engine.stop()
+    executor.shutdown()
+
+
+async def outcome(outbox: GenerationOutbox) -> str | BaseException:
+    try:
+        return await asyncio.wait_for(collect(outbox), 20)
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+
+
+async def started(outbox: GenerationOutbox) -> str:
+    piece, _ = await asyncio.wait_for(outbox.take(), 20)
+    return piece
+
+
+async def test_oom_in_a_newcomers_prefill_fails_only_the_newcomers(faulty):
+    engine, model = await faulty()
+    running = [engine.submit(request([1, 2], 3, 400)) for _ in range(3)]
+    firsts = [await started(o) for o in running]
+    model.error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    model.when = lambda kind, arg: kind == "prefill" and any(len(s) > 10 for s in arg)
+    newcomers = [engine.submit(request([4] * 100, 5, 10)) for _ in range(5)]
+    fine = engine.submit(request([], 6, 10))
+    results = await asyncio.gather(*(outcome(o) for o in newcomers))
+    for result in results:
+        assert isinstance(result, ResourceExhaustedError)
+        assert "device memory exhausted, retry" in str(result)
+    assert await outcome(fine) == as_text(expected([], 6, 10))
+    for outbox, first in zip(running, firsts, strict=True):
+        assert first + await outcome(outbox) == as_text(expected([1, 2], 3, 400))
+    assert await settled(engine) == 0
+
+
+async def test_a_failed_join_fails_the_newcomer_and_frees_its_slot(faulty, monkeypatch):
+    engine, _ = await faulty()
+    running = engine.submit(request([], 1, 300))
+    first = await started(running)
+    real = DecodeBatch.concatenate
+    calls = {"n": 0}
+
+    def concatenate(self, other):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Boom("join failed")
+        return real(self, other)
+
+    monkeypatch.setattr(DecodeBatch, "concatenate", concatenate)
+    newcomer = engine.submit(request([1], 2, 5))
+    assert isinstance(await outcome(newcomer), Boom)  # an error, not a wait forever
+    later = engine.submit(request([1], 2, 5))
+    assert await outcome(later) == as_text(expected([1], 2, 5))
+    assert first + await outcome(running) == as_text(expected([], 1, 300))
+    assert await settled(engine) == 0
+
+
+async def test_cancellation_and_a_join_error_at_one_boundary_count_once(faulty, monkeypatch):
+    engine, _ = await faulty(max_steps_per_iteration=1)
+    running = [engine.submit(request([], 1, 10**6)) for _ in range(2)]
+    for outbox in running:
+        await started(outbox)
+
+    def concatenate(self, other):
+        raise Boom("join failed")
+
+    monkeypatch.setattr(DecodeBatch, "concatenate", concatenate)
+    seen: list[int] = []
+    running[0].cancel()  # leaves at the same boundary where the newcomer's join fails
+    newcomer = engine.submit(request([1], 2, 5))
+    assert isinstance(await outcome(newcomer), Boom)
+    running[1].cancel()
+    for _ in range(300):
+        seen.append(engine.active)
+        if engine.active == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert min(seen) == 0 and engine.active == 0
+
+
+async def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(faulty):
+    engine, model = await faulty()
+    model.when = lambda kind, arg: kind == "step" and model.step_batches.count(3) == 2
+    doomed = [engine.submit(request([], i + 1, 50)) for i in range(3)]
+    for result in await asyncio.gather(*(outcome(o) for o in doomed)):
+        assert isinstance(result, Boom)
+    assert await settled(engine) == 0
+    model.when = lambda kind, arg: False
+    after = engine.submit(request([1, 2], 3, 7))
+    assert await outcome(after) == as_text(expected([1, 2], 3, 7))
+    assert await settled(engine) == 0
+
+
+async def test_a_failing_draw_fails_only_its_request(faulty, monkeypatch):
+    engine, _ = await faulty()
+    real = decoding.sample
+
+    def sample(logits, options, seeds, draws):
+        if any(o.seed == 666 for o in options) and draws[0] >= 3:
+            raise Boom("draw failed")
+        return real(logits, options, seeds, draws)
+
+    monkeypatch.setattr(decoding, "sample", sample)
+    alone = await outcome(engine.submit(request([1], 2, 40, temperature=1.0, seed=5)))
+    mates = [engine.submit(request([1], 2, 40, temperature=1.0, seed=5)),
+             engine.submit(request([1], 2, 40, temperature=1.0, seed=666)),
+             engine.submit(request([1, 2], 3, 40))]
+    sampled, failed, greedy = await asyncio.gather(*(outcome(o) for o in mates))
+    assert isinstance(failed, Boom)
+    assert sampled == alone  # the mate's failure changed nothing for it
+    assert greedy == as_text(expected([1, 2], 3, 40))
+    assert await settled(engine) == 0
+
+
+async def test_a_lost_device_fails_everything_and_is_reported(faulty):
+    engine, model = await faulty()
+    running = [engine.submit(request([], 1, 10**6)) for _ in range(3)]
+    for outbox in running:
+        await started(outbox)
+    model.error = RuntimeError("CUDA error: device-side assert triggered")
+    model.when = lambda kind, arg: kind == "step"
+    queued = engine.submit(request([5] * 100, 2, 5))
+    for result in await asyncio.gather(*(outcome(o) for o in [*running, queued])):
+        assert isinstance(result, DeviceLostError)
+    assert await settled(engine) == 0
+    assert len(faulty.lost) == 1 and "device-side assert" in str(faulty.lost[0])
+    with pytest.raises(Exception, match="device failed"):
+        engine.submit(request([], 1, 5))
+
+
+class _LostDevice:
+    """Wraps a model module: every decode step raises the error of a poisoned CUDA context."""
+
+    def __init__(self, module: object) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
+
+    def step(self, tokens, state):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
+    from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server.generation import GENERATION
+
+    server = await make_server()
+    engine = server.registry.ready("", GENERATION).runner
+    engine._module = _LostDevice(engine._module)
+    async with AsyncClient(server.target, timeout=10, retries=0) as client:
+        assert await client.health() == "SERVING"
+        with pytest.raises(UnavailableError) as info:
+            await client.generate("the time", max_tokens=5)
+        assert "device failed" in str(info.value) and "Traceback" not in str(info.value)
+        await asyncio.wait_for(server.device_lost.wait(), 10)
+        for _ in range(100):
+            if await client.health() == "NOT_SERVING":
+                break
+            await asyncio.sleep(0.02)
+        assert await client.health() == "NOT_SERVING"
+        assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
