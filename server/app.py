@@ -1,7 +1,9 @@
 """The composition root: settings → metrics → registry, sessions → serving logic → gRPC server.
 
-Security wiring lives here too: TLS credentials (``rpc/tls.py``), the auth and default-deadline
-interceptors (``rpc/interceptors.py``), and the AdminService, registered only when enabled.
+The Open Inference Protocol's ``inference.GRPCInferenceService`` (``rpc/oip.py``) is served on
+the same server, beside rnnserve.v1. Security wiring lives here too: TLS credentials
+(``rpc/tls.py``), the auth and default-deadline interceptors (``rpc/interceptors.py``), and the
+AdminService, registered only when enabled.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from rnnserve.server.generation import Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
 from rnnserve.server.rpc.interceptors import build_interceptors
+from rnnserve.server.rpc.oip import InferenceServicer
+from rnnserve.server.rpc.oip_kinds import Backends
 from rnnserve.server.rpc.servicers import (
     AdminServicer,
     ClassificationServicer,
@@ -27,6 +31,7 @@ from rnnserve.server.rpc.servicers import (
     ModelServicer,
 )
 from rnnserve.server.rpc.tls import server_credentials
+from rnnserve.server.sequences import Sequences
 from rnnserve.server.sessions import SessionStore
 from rnnserve.server.settings import ServerSettings
 from rnnserve.v1 import (
@@ -39,6 +44,7 @@ from rnnserve.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ CLASSIFICATION_SERVICE = (
 )
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -64,6 +71,7 @@ class RnnServer:
                                       on_retire=self.sessions.drop_model_version)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
+        self.sequences = Sequences(self.generator, settings.max_sessions)
         self.health = HealthServicer()
         self.port = settings.port
         self._metrics_http = MetricsHttpServer(
@@ -104,7 +112,10 @@ class RnnServer:
             ClassificationServicer(self.classifier, self.registry, self.metrics), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
-        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE]
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(Backends(self.classifier, self.sequences), self.registry,
+                              self.metrics, self.ready), server)
+        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE]
         if s.admin_enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(self.registry, self.metrics), server)
@@ -120,7 +131,8 @@ class RnnServer:
             self.port = server.add_secure_port(address, credentials)
         else:
             self.port = server.add_insecure_port(address)
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
+                        INFERENCE_SERVICE):
             await self.health.set(service, NOT_SERVING)
         await server.start()
         self._server = server
@@ -151,11 +163,15 @@ class RnnServer:
             except Exception:  # noqa: BLE001 - a bad poll must not end polling
                 logger.exception("polling the model repository failed")
 
+    def ready(self) -> bool:
+        """Whether the server serves: the repository's first load is over and a model is ready."""
+        return self._loaded and any(e.state is ModelState.READY for e in self.registry.entries())
+
     async def _update_health(self) -> None:
-        entries = self.registry.entries()
         # the whole server serves once every model of the repository has had its first load
-        any_ready = self._loaded and any(e.state is ModelState.READY for e in entries)
+        any_ready = self.ready()
         await self.health.set("", SERVING if any_ready else NOT_SERVING)
+        await self.health.set(INFERENCE_SERVICE, SERVING if any_ready else NOT_SERVING)
         await self.health.set(MODEL_SERVICE, SERVING)
         await self.health.set(
             GENERATION_SERVICE, SERVING if self.registry.service_ready(CHARLM) else NOT_SERVING)

@@ -1,0 +1,145 @@
+"""The Open Inference Protocol's tensor conventions, one table entry per model kind.
+
+- classifier: input ``text`` BYTES [N]; outputs ``score`` FP32 [N] (P(positive), bit-equal to
+  Classify's) and ``label`` BYTES [N];
+- charlm: input ``text_input`` BYTES [1], optional ``max_tokens`` INT32 [1] (0 or absent: the
+  server default), ``temperature`` FP32 [1], ``top_k`` INT32 [1], ``top_p`` FP32 [1], ``seed``
+  UINT64 [1], ``stop`` BYTES [k]; output ``text_output`` BYTES [1] (Generate's text). The
+  sequence parameters continue sessions (:mod:`rnnserve.server.sequences`).
+
+Each entry says what ModelMetadata advertises and how the tensors become one call into the
+serving logic (:class:`Backends`) and back. ``run`` yields pieces of the answer: one for a
+classifier, one per coalesced chunk of text for a char LM (ModelStreamInfer sends each as a
+response; ModelInfer joins them with ``join``). Adding a kind is adding an entry to ``KINDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from rnnserve.server.classification import Classifier
+from rnnserve.server.decoding import DecodingOptions
+from rnnserve.server.errors import InvalidArgumentError
+from rnnserve.server.registry import CHARLM, CLASSIFIER
+from rnnserve.server.requests import GenerateParams
+from rnnserve.server.rpc.tensors import Tensors, TensorSpec
+from rnnserve.server.sequences import SequenceFlags, Sequences
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The serving logic the protocol's models reach."""
+
+    classifier: Classifier
+    sequences: Sequences
+
+
+Run = Callable[[Backends, str, Tensors, SequenceFlags], AsyncIterator[Tensors]]
+
+
+@dataclass(frozen=True)
+class KindTensors:
+    """A model kind as the protocol sees it."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    run: Run
+    join: Callable[[list[Tensors]], Tensors]
+    decoupled: bool  # ModelStreamInfer may send several responses per request
+
+
+# --- classifiers -------------------------------------------------------------------------------
+async def _classify(b: Backends, model: str, x: Tensors, seq: SequenceFlags
+                    ) -> AsyncIterator[Tensors]:
+    _no_sequence(seq, "classifiers")
+    texts = [_text("text", v) for v in x["text"]]
+    outcome = await b.classifier.classify(model, texts, False)
+    yield {
+        "score": np.array([r.score for r in outcome.results], dtype=np.float32),
+        "label": _bytes_array([r.label.encode("utf-8") for r in outcome.results]),
+    }
+
+
+def _only(pieces: list[Tensors]) -> Tensors:
+    return pieces[-1]
+
+
+# --- char LMs ----------------------------------------------------------------------------------
+async def _generate(b: Backends, model: str, x: Tensors, seq: SequenceFlags
+                    ) -> AsyncIterator[Tensors]:
+    max_tokens = _scalar(x, "max_tokens", 0)
+    if max_tokens < 0:
+        raise InvalidArgumentError("max_tokens", "must not be negative")
+    params = GenerateParams(
+        model=model,
+        prefix=_text("text_input", x["text_input"][0]),
+        max_tokens=int(max_tokens),
+        options=DecodingOptions(
+            temperature=float(_scalar(x, "temperature", 0.0)),
+            top_k=_scalar(x, "top_k", 0),
+            top_p=float(_scalar(x, "top_p", 0.0)),
+            seed=_scalar(x, "seed", 0),
+            stop=tuple(_text("stop", v) for v in x.get("stop", ())),
+        ),
+    )
+    async with contextlib.aclosing(b.sequences.generate(params, seq)) as chunks:
+        async for chunk in chunks:
+            yield {"text_output": _bytes_array([chunk.text.encode("utf-8")])}
+
+
+def _concatenate(pieces: list[Tensors]) -> Tensors:
+    return {"text_output": _bytes_array([b"".join(p["text_output"][0] for p in pieces)])}
+
+
+def _bytes_array(items: list[bytes]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _text(name: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(name, "is not valid UTF-8") from exc
+
+
+def _scalar(x: Tensors, name: str, default: int | float) -> int | float:
+    if name not in x:
+        return default
+    return x[name][0].item()
+
+
+def _no_sequence(seq: SequenceFlags, what: str) -> None:
+    if seq.id or seq.start or seq.end:
+        raise InvalidArgumentError("sequence_id", f"{what} keep no sequences")
+
+
+def _one(name: str, datatype: str, optional: bool = True) -> TensorSpec:
+    return TensorSpec(name, datatype, (1,), optional)
+
+
+KINDS: dict[str, KindTensors] = {
+    CLASSIFIER: KindTensors(
+        inputs=(TensorSpec("text", "BYTES", (-1,)),),
+        outputs=(TensorSpec("score", "FP32", (-1,)), TensorSpec("label", "BYTES", (-1,))),
+        run=_classify, join=_only, decoupled=False,
+    ),
+    CHARLM: KindTensors(
+        inputs=(
+            _one("text_input", "BYTES", optional=False),
+            _one("max_tokens", "INT32"),
+            _one("temperature", "FP32"),
+            _one("top_k", "INT32"),
+            _one("top_p", "FP32"),
+            _one("seed", "UINT64"),
+            TensorSpec("stop", "BYTES", (-1,), optional=True),
+        ),
+        outputs=(_one("text_output", "BYTES", optional=False),),
+        run=_generate, join=_concatenate, decoupled=True,
+    ),
+}
+"""The tensor conventions of every kind the protocol serves, by kind name."""
