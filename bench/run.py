@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import load, machine, report
+from bench import load, machine, oip, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -147,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
+                if classify and mode == "on":  # Classify over the Open Inference Protocol
+                    _log("  Classify c=64, Open Inference Protocol vs rnnserve.v1")
+                    results["server"][mode]["oip"] = asyncio.run(oip.compare(
+                        server.target, 64, a.duration, a.warmup, review_texts(),
+                        lambda: machine.cpu_seconds(server.pid)))
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
-    results["targets"] = report.targets(results)
+    results["targets"] = report.targets(results) + oip.targets(results)
     report.write_json(results, a.out)
     print(report.markdown(results))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
