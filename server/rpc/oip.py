@@ -28,7 +28,7 @@ from rnnserve.server.rpc.servicers import known_label
 from rnnserve.server.rpc.status import CallRecord, request_id, rpc_method, status_of
 from rnnserve.server.rpc.tensors import decode_inputs, encode_outputs, parameter_value
 from rnnserve.server.sequences import SequenceFlags
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 logger = logging.getLogger("rnnserve.requests")
 
@@ -37,6 +37,12 @@ PROTOCOL = "oip"
 SERVER_NAME = "rnnserve"
 EXTENSIONS = ("sequence",)
 FINAL = "triton_final_response"
+UNIMPLEMENTED = (
+    "ModelStatistics", "RepositoryModelLoad", "RepositoryModelUnload",
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+    "TraceSetting", "LogSettings",
+)
 _INDEX_STATE = {ModelState.READY: "READY", ModelState.LOADING: "LOADING",
                 ModelState.FAILED: "UNAVAILABLE"}
 
@@ -94,6 +100,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
                      for s in kind.outputs],
         )
+
+    @rpc_method("ModelConfig")
+    async def ModelConfig(self, request: service_pb2.ModelConfigRequest, context: Context
+                          ) -> service_pb2.ModelConfigResponse:
+        entry, kind = self._model(request.name, request.version)
+        return service_pb2.ModelConfigResponse(config=model_config(entry, kind))
 
     @rpc_method("RepositoryIndex")
     async def RepositoryIndex(self, request: service_pb2.RepositoryIndexRequest,
@@ -176,6 +188,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return entry, kind
 
 
+async def _unimplemented(self: InferenceServicer, request: object, context: Context) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                        "rnnserve does not implement this method of the protocol")
+
+
+for _method in UNIMPLEMENTED:  # a plain UNIMPLEMENTED, not the generated base's traceback
+    setattr(InferenceServicer, _method, _unimplemented)
+
+
 def _sequence(request: service_pb2.ModelInferRequest) -> SequenceFlags:
     """The request's sequence parameters (``sequence_id`` as int64, uint64 or string)."""
     params = request.parameters
@@ -224,3 +245,22 @@ def _error(request: service_pb2.ModelInferRequest, message: str
                                               id=request.id)
     response.parameters[FINAL].bool_param = True
     return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=response)
+
+
+_CONFIG_TYPES = {"BYTES": model_config_pb2.TYPE_STRING, "FP32": model_config_pb2.TYPE_FP32,
+                 "INT32": model_config_pb2.TYPE_INT32, "UINT64": model_config_pb2.TYPE_UINT64}
+
+
+def model_config(entry: ModelEntry, kind: KindTensors) -> model_config_pb2.ModelConfig:
+    """Triton's ModelConfig for a model: its tensors, no batch dimension, decoupled or not."""
+    return model_config_pb2.ModelConfig(
+        name=entry.name, platform=f"rnnserve_{entry.kind}", backend="rnnserve",
+        max_batch_size=0,
+        input=[model_config_pb2.ModelInput(name=s.name, data_type=_CONFIG_TYPES[s.datatype],
+                                           dims=s.shape, optional=s.optional)
+               for s in kind.inputs],
+        output=[model_config_pb2.ModelOutput(name=s.name, data_type=_CONFIG_TYPES[s.datatype],
+                                             dims=s.shape) for s in kind.outputs],
+        model_transaction_policy=model_config_pb2.ModelTransactionPolicy(
+            decoupled=kind.decoupled),
+    )

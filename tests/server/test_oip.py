@@ -9,6 +9,12 @@ Every answer is compared with the same request over rnnserve.v1 (the real rnnser
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +29,7 @@ from .test_health_reflection import grpcurl
 
 TEXTS = ["a wonderful, moving film", "dull and lifeless", "not bad at all",
          "the plot makes no sense", "an instant classic"]
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 INVALID = str(grpc.StatusCode.INVALID_ARGUMENT)
 NOT_FOUND = str(grpc.StatusCode.NOT_FOUND)
 
@@ -50,6 +57,14 @@ def generate_inputs(prefix: str, max_tokens: int, **options: float | int) -> lis
     return inputs
 
 
+def _status_of(call) -> str:
+    try:
+        call()
+    except InferenceServerException as exc:
+        return exc.status()
+    return "OK"
+
+
 def text_of(result: triton.InferResult) -> str:
     return b"".join(result.as_numpy("text_output").reshape(-1)).decode()
 
@@ -67,6 +82,8 @@ async def test_health_metadata_and_index_with_the_blocking_client(server):
                 "charlm": client.get_model_metadata("timemachine", as_json=True),
                 "classifier": client.get_model_metadata("sentiment", as_json=True),
                 "index": client.get_model_repository_index(as_json=True),
+                "config": client.get_model_config("timemachine").config,
+                "statistics": _status_of(lambda: client.get_inference_statistics("sentiment")),
             }
         finally:
             client.close()
@@ -83,6 +100,11 @@ async def test_health_metadata_and_index_with_the_blocking_client(server):
         spec = KINDS[kind]
         assert advertised == [(s.name, s.datatype, list(s.shape))
                               for s in spec.inputs + spec.outputs]
+    config = got["config"]
+    assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
+    assert [(i.name, i.optional) for i in config.input][:2] == [("text_input", False),
+                                                                 ("max_tokens", True)]
+    assert got["statistics"] == str(grpc.StatusCode.UNIMPLEMENTED)
     assert {(m["name"], m["state"]) for m in got["index"]["models"]} >= {
         ("timemachine", "READY"), ("sentiment", "READY")}
 
@@ -260,3 +282,31 @@ async def test_grpcurl_describes_the_inference_service(server):
         assert f"rpc {method}" in out
     code, out, err = await grpcurl(server.target, "inference.GRPCInferenceService/ServerReady")
     assert code == 0 and '"ready": true' in out, err
+
+
+async def test_the_readme_examples_print_what_the_readme_shows(server):
+    """The "Using Triton's client" examples, run against a server on the shipped models."""
+    for marker in ("readme-triton", "readme-triton-stream"):
+        match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```\s*```\n(.*?)```", README,
+                          re.S)
+        assert match, marker
+        code = match.group(1).replace("localhost:50051", server.target)
+
+        def run(code: str = code) -> str:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(code, {})
+            return out.getvalue()
+
+        assert await asyncio.to_thread(run) == match.group(2), marker
+
+
+def test_tritonclient_first_then_rnnserve_in_one_process():
+    """The server serves tritonclient's own message classes: no second copy, no conflict.
+
+    (This module shows the other order: the server is imported before tritonclient.)
+    """
+    code = "import tritonclient.grpc.aio; import rnnserve.server.app; print('ok')"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
