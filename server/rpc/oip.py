@@ -26,7 +26,7 @@ from rnnserve.server.registry import ModelEntry, ModelRegistry, ModelState
 from rnnserve.server.rpc.oip_kinds import KINDS, Backends, KindTensors
 from rnnserve.server.rpc.servicers import known_label
 from rnnserve.server.rpc.status import CallRecord, request_id, rpc_method, status_of
-from rnnserve.server.rpc.tensors import decode_inputs, encode_outputs, parameter_value
+from rnnserve.server.rpc.tensors import Tensors, decode_inputs, fill_outputs, parameter_value
 from rnnserve.server.sequences import SequenceFlags
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
@@ -225,11 +225,12 @@ def _flag(params: object, name: str) -> bool:
 
 
 def _response(request: service_pb2.ModelInferRequest, entry: ModelEntry, kind: KindTensors,
-              tensors: dict) -> service_pb2.ModelInferResponse:
-    outputs, raw = encode_outputs(tensors, kind.outputs, [o.name for o in request.outputs])
-    return service_pb2.ModelInferResponse(
-        model_name=entry.name, model_version=str(entry.version), id=request.id,
-        outputs=outputs, raw_output_contents=raw)
+              tensors: Tensors) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(
+        model_name=entry.name, model_version=str(entry.version), id=request.id)
+    fill_outputs(response, tensors, kind.outputs,
+                 [o.name for o in request.outputs] if request.outputs else ())
+    return response
 
 
 def _streamed(response: service_pb2.ModelInferResponse, final: bool

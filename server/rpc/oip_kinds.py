@@ -59,7 +59,7 @@ async def _classify(b: Backends, model: str, x: Tensors, seq: SequenceFlags
     outcome = await b.classifier.classify(model, texts, False)
     yield {
         "score": np.array([r.score for r in outcome.results], dtype=np.float32),
-        "label": _bytes_array([r.label.encode("utf-8") for r in outcome.results]),
+        "label": [r.label.encode("utf-8") for r in outcome.results],
     }
 
 
@@ -87,17 +87,11 @@ async def _generate(b: Backends, model: str, x: Tensors, seq: SequenceFlags
     )
     async with contextlib.aclosing(b.sequences.generate(params, seq)) as chunks:
         async for chunk in chunks:
-            yield {"text_output": _bytes_array([chunk.text.encode("utf-8")])}
+            yield {"text_output": [chunk.text.encode("utf-8")]}
 
 
 def _concatenate(pieces: list[Tensors]) -> Tensors:
-    return {"text_output": _bytes_array([b"".join(p["text_output"][0] for p in pieces)])}
-
-
-def _bytes_array(items: list[bytes]) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
+    return {"text_output": [b"".join(p["text_output"][0] for p in pieces)]}
 
 
 def _text(name: str, value: bytes) -> str:

@@ -20,8 +20,10 @@ import numpy as np
 from rnnserve.server.errors import InvalidArgumentError
 from tritonclient.grpc import service_pb2
 
-Tensors = dict[str, np.ndarray]
-"""Tensors by name. BYTES tensors are object arrays of ``bytes``; the others numeric arrays."""
+Tensor = np.ndarray | list[bytes]
+Tensors = dict[str, Tensor]
+"""Tensors by name: a BYTES tensor is a flat list of ``bytes`` (a numpy object array is slow to
+build and walk, and every use of one here is flat); the others are numpy arrays."""
 
 NUMPY_TYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -66,7 +68,8 @@ def decode_inputs(request: service_pb2.ModelInferRequest, specs: Iterable[Tensor
                   ) -> Tensors:
     """The request's inputs, checked against ``specs`` (names, datatypes, shapes, sizes).
 
-    Returns arrays shaped as the spec says (a trailing dimension of 1 is dropped).
+    Returns numeric arrays shaped as the spec says (a trailing dimension of 1 is dropped) and
+    BYTES tensors as flat lists.
     Raises InvalidArgumentError for an unknown, repeated or missing input, a datatype or shape
     other than the spec's, or contents that do not match the declared shape.
     """
@@ -87,14 +90,15 @@ def decode_inputs(request: service_pb2.ModelInferRequest, specs: Iterable[Tensor
         if tensor.datatype != spec.datatype:
             raise InvalidArgumentError(
                 tensor.name, f"datatype {tensor.datatype!r}, expected {spec.datatype}")
-        shape = tuple(tensor.shape)
+        shape = tuple(list(tensor.shape))  # (list() first: faster on a protobuf repeated field)
         if any(d < 0 for d in shape) or not spec.accepts(shape):
             raise InvalidArgumentError(
                 tensor.name, f"shape {list(shape)}, expected {_shape_text(spec.shape)}")
         count = math.prod(shape)
         values = (_from_raw(tensor.name, spec.datatype, raw[i], count) if raw
                   else _from_contents(tensor, spec.datatype, count))
-        out[tensor.name] = values.reshape(shape[:len(spec.shape)])
+        out[tensor.name] = values if isinstance(values, list) else \
+            values.reshape(shape[:len(spec.shape)])
     for spec in by_name.values():
         if not spec.optional and spec.name not in out:
             raise InvalidArgumentError(spec.name, "is a required input and is missing")
@@ -106,7 +110,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return f"[{dims}] (or [{dims}, 1])"
 
 
-def _from_raw(name: str, datatype: str, buffer: bytes, count: int) -> np.ndarray:
+def _from_raw(name: str, datatype: str, buffer: bytes, count: int) -> Tensor:
     if datatype == "BYTES":
         return _split_bytes(name, buffer, count)
     dtype = NUMPY_TYPES[datatype]
@@ -117,7 +121,7 @@ def _from_raw(name: str, datatype: str, buffer: bytes, count: int) -> np.ndarray
     return np.frombuffer(buffer, dtype=dtype)
 
 
-def _split_bytes(name: str, buffer: bytes, count: int) -> np.ndarray:
+def _split_bytes(name: str, buffer: bytes, count: int) -> list[bytes]:
     items: list[bytes] = []
     pos = 0
     while pos < len(buffer):
@@ -132,56 +136,48 @@ def _split_bytes(name: str, buffer: bytes, count: int) -> np.ndarray:
     if len(items) != count:
         raise InvalidArgumentError(
             name, f"raw contents hold {len(items)} elements; the shape says {count}")
-    return _object_array(items)
+    return items
 
 
 def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, datatype: str,
-                   count: int) -> np.ndarray:
+                   count: int) -> Tensor:
     values = list(getattr(tensor.contents, _CONTENTS_FIELD[datatype]))
     if len(values) != count:
         raise InvalidArgumentError(
             tensor.name, f"contents hold {len(values)} elements; the shape says {count}")
     if datatype == "BYTES":
-        return _object_array(values)
+        return values
     return np.asarray(values, dtype=NUMPY_TYPES[datatype])
 
 
-def _object_array(items: list[bytes]) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
-def encode_outputs(tensors: Mapping[str, np.ndarray], specs: Iterable[TensorSpec],
-                   requested: Iterable[str] = ()) -> tuple[
-                       list[service_pb2.ModelInferResponse.InferOutputTensor], list[bytes]]:
-    """Output tensor descriptions and their raw contents, in spec order.
+def fill_outputs(response: service_pb2.ModelInferResponse, tensors: Mapping[str, Tensor],
+                 specs: Iterable[TensorSpec], requested: Iterable[str] = ()) -> None:
+    """Add the output tensors and their raw contents to ``response``, in spec order.
 
     ``requested`` (the request's ``outputs`` names) narrows the set; an unknown name is
-    INVALID_ARGUMENT. Raises nothing else: the arrays come from the server.
+    INVALID_ARGUMENT. Raises nothing else: the tensors come from the server.
     """
     specs = list(specs)
     wanted = list(requested)
-    known = {s.name for s in specs}
-    for name in wanted:
-        if name not in known:
-            raise InvalidArgumentError(
-                "outputs", f"unknown output {name!r} (this model gives {', '.join(sorted(known))})")
-    outputs, buffers = [], []
+    if wanted:
+        known = {s.name for s in specs}
+        for name in wanted:
+            if name not in known:
+                raise InvalidArgumentError(
+                    "outputs", f"unknown output {name!r} (this model gives "
+                    f"{', '.join(sorted(known))})")
     for spec in specs:
         if (wanted and spec.name not in wanted) or spec.name not in tensors:
             continue
-        array = tensors[spec.name]
-        outputs.append(service_pb2.ModelInferResponse.InferOutputTensor(
-            name=spec.name, datatype=spec.datatype, shape=list(array.shape)))
-        buffers.append(_to_raw(spec.datatype, array))
-    return outputs, buffers
-
-
-def _to_raw(datatype: str, array: np.ndarray) -> bytes:
-    if datatype == "BYTES":
-        return b"".join(len(b).to_bytes(4, "little") + b for b in array.reshape(-1))
-    return np.ascontiguousarray(array, dtype=NUMPY_TYPES[datatype]).tobytes()
+        values = tensors[spec.name]
+        if isinstance(values, list):
+            shape: list[int] = [len(values)]
+            raw = b"".join([len(b).to_bytes(4, "little") + b for b in values])
+        else:
+            shape = list(values.shape)
+            raw = np.ascontiguousarray(values, dtype=NUMPY_TYPES[spec.datatype]).tobytes()
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+        response.raw_output_contents.append(raw)
 
 
 def parameter_value(param: service_pb2.InferParameter) -> bool | int | float | str | None:

@@ -7,7 +7,7 @@ import pytest
 from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.rpc.oip import _sequence
 from rnnserve.server.rpc.oip_kinds import KINDS
-from rnnserve.server.rpc.tensors import decode_inputs, encode_outputs
+from rnnserve.server.rpc.tensors import decode_inputs, fill_outputs
 from rnnserve.server.sequences import SequenceFlags
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
@@ -31,7 +31,7 @@ def test_raw_and_typed_contents_decode_alike():
                                 raw=[packed(*texts)]), CLASSIFIER.inputs)
     typed = decode_inputs(request(Tensor(name="text", datatype="BYTES", shape=[3],
                                          contents={"bytes_contents": texts})), CLASSIFIER.inputs)
-    assert raw["text"].tolist() == typed["text"].tolist() == texts
+    assert raw["text"] == typed["text"] == texts
     got = decode_inputs(request(
         Tensor(name="text_input", datatype="BYTES", shape=[1], contents={"bytes_contents": [b"a"]}),
         Tensor(name="temperature", datatype="FP32", shape=[1], contents={"fp32_contents": [0.5]}),
@@ -69,18 +69,24 @@ def test_numeric_raw_contents_must_match_the_shape():
         decode_inputs(bad, CHARLM.inputs)
 
 
+def outputs(tensors, requested=()) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse()
+    fill_outputs(response, tensors, CLASSIFIER.outputs, requested)
+    return response
+
+
 def test_outputs_are_raw_and_requested_ones_only():
     tensors = {"score": np.array([0.25, 0.75], dtype=np.float32),
-               "label": np.array([b"negative", b"positive"], dtype=object)}
-    outputs, raw = encode_outputs(tensors, CLASSIFIER.outputs)
-    assert [(o.name, o.datatype, list(o.shape)) for o in outputs] == [
+               "label": [b"negative", b"positive"]}
+    response = outputs(tensors)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
         ("score", "FP32", [2]), ("label", "BYTES", [2])]
+    raw = response.raw_output_contents
     assert np.frombuffer(raw[0], dtype="<f4").tolist() == [0.25, 0.75]
     assert deserialize_bytes_tensor(raw[1]).tolist() == [b"negative", b"positive"]
-    outputs, _ = encode_outputs(tensors, CLASSIFIER.outputs, ["label"])
-    assert [o.name for o in outputs] == ["label"]
+    assert [o.name for o in outputs(tensors, ["label"]).outputs] == ["label"]
     with pytest.raises(InvalidArgumentError, match="unknown output 'scores'"):
-        encode_outputs(tensors, CLASSIFIER.outputs, ["scores"])
+        outputs(tensors, ["scores"])
 
 
 def with_params(**params: dict) -> service_pb2.ModelInferRequest:
