@@ -5,6 +5,8 @@ closed-loop callers on one channel, as :func:`bench.load.classify` does: ``Model
 ``sentiment`` with a ``text`` BYTES [1] tensor in ``raw_input_contents`` (as Triton's client sends
 it) against ``Classify``. The two alternate, ``rounds`` windows each, so slow drift of the
 shared machine's load falls on both; the ratio is the protocol's requests/s over rnnserve.v1's.
+The server's CPU time per request of each is reported too: on a machine others load, it moves
+less than requests/s do.
 
     python -m bench.oip --concurrency 64    # own server subprocess; prints JSON
 """
@@ -72,9 +74,14 @@ async def compare(target: str, concurrency: int, duration: float, warmup: float,
         cells["oip"].append(
             await protocol_classify(target, concurrency, duration, warmup, texts, probe))
     rate = {k: sum(c["requests_per_s"] for c in v) / len(v) for k, v in cells.items()}
+    cpu = {k: [c["server_cpu_ms_per_request"] for c in v] for k, v in cells.items()}
+    cpu_ms = {k: sum(v) / len(v) if v and None not in v else None for k, v in cpu.items()}
     return {"concurrency": concurrency, "rounds": rounds, "cells": cells,
             "rnnserve_requests_per_s": rate["rnnserve"], "oip_requests_per_s": rate["oip"],
-            "ratio": rate["oip"] / rate["rnnserve"] if rate["rnnserve"] else None}
+            "ratio": rate["oip"] / rate["rnnserve"] if rate["rnnserve"] else None,
+            # less disturbed by other load on the machine than requests/s: server CPU per request
+            "rnnserve_server_cpu_ms_per_request": cpu_ms["rnnserve"],
+            "oip_server_cpu_ms_per_request": cpu_ms["oip"]}
 
 
 def targets(results: dict) -> list[dict]:
@@ -86,6 +93,7 @@ def targets(results: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import machine
     from bench.run import REPO, review_texts
     from bench.server_proc import ServerProcess, base_settings
 
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = base_settings(a.model_repository.resolve(), torch_threads=a.torch_threads)
     with ServerProcess(settings) as server:
         out = asyncio.run(compare(server.target, a.concurrency, a.duration, a.warmup,
-                                  review_texts(), rounds=a.rounds))
+                                  review_texts(), lambda: machine.cpu_seconds(server.pid),
+                                  rounds=a.rounds))
     print(json.dumps(out))
     return 0
 

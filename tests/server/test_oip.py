@@ -282,6 +282,9 @@ async def test_grpcurl_describes_the_inference_service(server):
         assert f"rpc {method}" in out
     code, out, err = await grpcurl(server.target, "inference.GRPCInferenceService/ServerReady")
     assert code == 0 and '"ready": true' in out, err
+    code, out, err = await grpcurl(server.target, "grpc.health.v1.Health/Check",
+                                   data={"service": "inference.GRPCInferenceService"})
+    assert code == 0 and '"SERVING"' in out, err
 
 
 async def test_the_readme_examples_print_what_the_readme_shows(server):
