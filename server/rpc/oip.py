@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 from rnnserve import __version__
@@ -215,10 +215,10 @@ def _sequence(request: service_pb2.ModelInferRequest) -> SequenceFlags:
                          end=_flag(params, "sequence_end"))
 
 
-def _flag(params: object, name: str) -> bool:
-    if name not in params:  # type: ignore[operator]
+def _flag(params: Mapping[str, service_pb2.InferParameter], name: str) -> bool:
+    if name not in params:
         return False
-    value = parameter_value(params[name])  # type: ignore[index]
+    value = parameter_value(params[name])
     if value is not None and not isinstance(value, bool):
         raise errors.InvalidArgumentError(name, "must be a bool parameter")
     return bool(value)
