@@ -126,7 +126,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         inputs = decode_inputs(request, kind.inputs)
         async with contextlib.aclosing(
                 kind.run(self._backends, entry.name, inputs, _sequence(request))) as run:
-            pieces = [piece async for piece in run]
+            pieces = [piece async for piece, _ in run]
         return _response(request, entry, kind, kind.join(pieces))
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest],
@@ -145,15 +145,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             entry, kind = self._model(request.model_name, request.model_version)
             inputs = decode_inputs(request, kind.inputs)
-            pending = None
+            final = False
             async with contextlib.aclosing(
                     kind.run(self._backends, entry.name, inputs, _sequence(request))) as run:
-                async for piece in run:
-                    if pending is not None:
-                        yield _streamed(_response(request, entry, kind, pending), final=False)
-                    pending = piece
-            if pending is not None:
-                yield _streamed(_response(request, entry, kind, pending), final=True)
+                async for piece, final in run:
+                    yield _streamed(_response(request, entry, kind, piece), final)
+            if not final:  # (not expected) the final flag alone, as Triton sends it
+                yield _streamed(_response(request, entry, kind, {}), True)
         except errors.RnnserveError as exc:
             code = status_of(exc)
             record.fail(code)

@@ -8,9 +8,10 @@
   sequence parameters continue sessions (:mod:`rnnserve.server.sequences`).
 
 Each entry says what ModelMetadata advertises and how the tensors become one call into the
-serving logic (:class:`Backends`) and back. ``run`` yields pieces of the answer: one for a
-classifier, one per coalesced chunk of text for a char LM (ModelStreamInfer sends each as a
-response; ModelInfer joins them with ``join``). Adding a kind is adding an entry to ``KINDS``.
+serving logic (:class:`Backends`) and back. ``run`` yields pieces of the answer, each with
+whether it is the last: one for a classifier, one per coalesced chunk of text for a char LM
+(ModelStreamInfer sends each as a response at once; ModelInfer joins them with ``join``).
+Adding a kind is adding an entry to ``KINDS``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class Backends:
     sequences: Sequences
 
 
-Run = Callable[[Backends, str, Tensors, SequenceFlags], AsyncIterator[Tensors]]
+Piece = tuple[Tensors, bool]
+"""A piece of an answer and whether it is the last."""
+Run = Callable[[Backends, str, Tensors, SequenceFlags], AsyncIterator[Piece]]
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,14 @@ class KindTensors:
 
 # --- classifiers -------------------------------------------------------------------------------
 async def _classify(b: Backends, model: str, x: Tensors, seq: SequenceFlags
-                    ) -> AsyncIterator[Tensors]:
+                    ) -> AsyncIterator[Piece]:
     _no_sequence(seq, "classifiers")
     texts = [_text("text", v) for v in x["text"]]
     outcome = await b.classifier.classify(model, texts, False)
     yield {
         "score": np.array([r.score for r in outcome.results], dtype=np.float32),
         "label": [r.label.encode("utf-8") for r in outcome.results],
-    }
+    }, True
 
 
 def _only(pieces: list[Tensors]) -> Tensors:
@@ -69,7 +72,7 @@ def _only(pieces: list[Tensors]) -> Tensors:
 
 # --- char LMs ----------------------------------------------------------------------------------
 async def _generate(b: Backends, model: str, x: Tensors, seq: SequenceFlags
-                    ) -> AsyncIterator[Tensors]:
+                    ) -> AsyncIterator[Piece]:
     max_tokens = _scalar(x, "max_tokens", 0)
     if max_tokens < 0:
         raise InvalidArgumentError("max_tokens", "must not be negative")
@@ -87,7 +90,7 @@ async def _generate(b: Backends, model: str, x: Tensors, seq: SequenceFlags
     )
     async with contextlib.aclosing(b.sequences.generate(params, seq)) as chunks:
         async for chunk in chunks:
-            yield {"text_output": [chunk.text.encode("utf-8")]}
+            yield {"text_output": [chunk.text.encode("utf-8")]}, chunk.finish_reason is not None
 
 
 def _concatenate(pieces: list[Tensors]) -> Tensors:
