@@ -313,3 +313,19 @@ def test_tritonclient_first_then_rnnserve_in_one_process():
     done = subprocess.run([sys.executable, "-W", "error", "-c", code],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+async def test_an_expired_sequence_is_not_found_and_its_id_freed(make_server):
+    server = await make_server(session_ttl_s=0.3)
+    async with triton_aio.InferenceServerClient(server.target) as client:
+        await client.infer("timemachine", generate_inputs("the time", 5), sequence_id="s",
+                           sequence_start=True)
+        await asyncio.sleep(0.6)
+        messages = []
+        for _ in range(2):
+            with pytest.raises(InferenceServerException) as info:
+                await client.infer("timemachine", generate_inputs(" x", 5), sequence_id="s")
+            assert info.value.status() == NOT_FOUND
+            messages.append(info.value.message())
+        assert "sequence 's' has ended" in messages[0] and "expired" in messages[0]
+        assert "is not open for this client" in messages[1]
