@@ -37,6 +37,7 @@ PROTOCOL = "oip"
 SERVER_NAME = "rnnserve"
 EXTENSIONS = ("sequence",)
 FINAL = "triton_final_response"
+NO_SEQUENCE = SequenceFlags()
 UNIMPLEMENTED = (
     "ModelStatistics", "RepositoryModelLoad", "RepositoryModelUnload",
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
@@ -198,6 +199,8 @@ for _method in UNIMPLEMENTED:  # a plain UNIMPLEMENTED, not the generated base's
 def _sequence(request: service_pb2.ModelInferRequest) -> SequenceFlags:
     """The request's sequence parameters (``sequence_id`` as int64, uint64 or string)."""
     params = request.parameters
+    if not params:
+        return NO_SEQUENCE
     raw = parameter_value(params["sequence_id"]) if "sequence_id" in params else None
     if raw is None or raw == 0 or raw == "":
         seq_id = ""

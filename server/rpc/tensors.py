@@ -58,6 +58,9 @@ class TensorSpec:
     optional: bool = False
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether a request's shape fits (negative dimensions never do)."""
+        if any(d < 0 for d in shape):
+            return False
         if len(shape) == len(self.shape) + 1 and shape[-1] == 1:
             shape = shape[:-1]
         return len(shape) == len(self.shape) and all(
@@ -91,7 +94,7 @@ def decode_inputs(request: service_pb2.ModelInferRequest, specs: Iterable[Tensor
             raise InvalidArgumentError(
                 tensor.name, f"datatype {tensor.datatype!r}, expected {spec.datatype}")
         shape = tuple(list(tensor.shape))  # (list() first: faster on a protobuf repeated field)
-        if any(d < 0 for d in shape) or not spec.accepts(shape):
+        if not spec.accepts(shape):
             raise InvalidArgumentError(
                 tensor.name, f"shape {list(shape)}, expected {_shape_text(spec.shape)}")
         count = math.prod(shape)
@@ -122,6 +125,8 @@ def _from_raw(name: str, datatype: str, buffer: bytes, count: int) -> Tensor:
 
 
 def _split_bytes(name: str, buffer: bytes, count: int) -> list[bytes]:
+    if count == 1 and len(buffer) >= 4 and int.from_bytes(buffer[:4], "little") == len(buffer) - 4:
+        return [buffer[4:]]  # the common case: one element
     items: list[bytes] = []
     pos = 0
     while pos < len(buffer):
