@@ -61,6 +61,11 @@ def _connection_flags() -> argparse.ArgumentParser:
     )
     group.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting the CA(s) in FILE")
     group.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    group.add_argument("--tls-cert", metavar="FILE",
+                       help="mutual TLS: present the client certificate (PEM chain) in FILE; "
+                       "implies TLS and needs --tls-key")
+    group.add_argument("--tls-key", metavar="FILE",
+                       help="mutual TLS: the private key (PEM) of --tls-cert")
     parent.add_argument_group("output").add_argument(
         "--json", action="store_true", help="print JSON instead of text"
     )
@@ -207,12 +212,22 @@ def _read(path: str) -> bytes:
         raise UsageError(f"cannot read {path}: {error.strerror}") from error
 
 
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the flags: --tls-ca (or --tls: the system's CAs), and for mutual
+    TLS a client certificate and key (--tls-cert/--tls-key, both or neither)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together (mutual TLS needs both)")
+    if not (args.tls_ca or args.tls or args.tls_cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca) if args.tls_ca else None,
+        private_key=_read(args.tls_key) if args.tls_key else None,
+        certificate_chain=_read(args.tls_cert) if args.tls_cert else None,
+    )
+
+
 def _client(args: argparse.Namespace) -> Client:
-    credentials = None
-    if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=_read(args.tls_ca))
-    elif args.tls:
-        credentials = grpc.ssl_channel_credentials()
+    credentials = _credentials(args)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     return Client(args.target, timeout=args.timeout, credentials=credentials, metadata=metadata)
 

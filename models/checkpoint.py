@@ -12,6 +12,7 @@ directory (no symlink escapes); files have size limits. Every refusal is a
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,10 @@ WEIGHTS_FILE = "model.pt"
 MAX_CONFIG_BYTES = 16 * 2**20
 DEFAULT_MAX_BYTES = 512 * 2**20
 DEFAULT_LABELS = ["negative", "positive"]
+MAX_SCHEMA_ERRORS = 100
+MAX_FLOAT_BYTES = 8  # float64, the widest dtype a state_dict entry may have
+ARCHIVE_SLACK_BYTES = 2**20  # data.pkl, version and byteorder records of a torch.save archive
+ARCHIVE_BYTES_PER_KEY = 4096
 
 Kind = Literal["charlm", "classifier"]
 
@@ -83,7 +88,7 @@ class LoadedModel:
 # ---------------------------------------------------------------------------- names and paths
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`CheckpointError`."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CheckpointError(f"invalid model name {name!r}: must match {NAME_RE}")
     return name
 
@@ -126,7 +131,7 @@ def list_versions(model_dir: Path) -> list[int]:
     model_r = Path(model_dir).resolve()
     versions = []
     for entry in model_r.iterdir():
-        if _VERSION.match(entry.name) and entry.is_dir():
+        if _VERSION.fullmatch(entry.name) and entry.is_dir():
             try:
                 resolve_inside(model_r, entry)
             except CheckpointError as err:
@@ -182,13 +187,24 @@ def validate_config(cfg: Any, source: str = "config.json") -> dict:
     """Schema + cross-field validation; returns ``cfg`` or raises :class:`CheckpointError`."""
     import jsonschema  # runtime dependency; imported lazily to keep `import rnnserve.models` light
 
+    _check_strings(cfg, source)
     validator = jsonschema.Draft202012Validator(config_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    # at most MAX_SCHEMA_ERRORS are looked at: a million bad entries cost one pass, not a sort
+    errors = sorted(itertools.islice(validator.iter_errors(cfg), MAX_SCHEMA_ERRORS),
+                    key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "<root>"
         raise CheckpointError(f"{source}: invalid config at {where}: {err.message}")
     arch, vocab = cfg["architecture"], cfg["vocab"]
+    first_seen: dict[str, int] = {}
+    for index, token in enumerate(vocab):  # uniqueness in one pass (no uniqueItems: O(n²))
+        if token in first_seen:
+            raise CheckpointError(
+                f"{source}: invalid config at vocab/{index}: {_echo(token)} is non-unique "
+                f"(duplicates vocab/{first_seen[token]})"
+            )
+        first_seen[token] = index
     if arch["vocab_size"] != len(vocab):
         raise CheckpointError(
             f"{source}: architecture.vocab_size is {arch['vocab_size']} "
@@ -207,6 +223,33 @@ def validate_config(cfg: Any, source: str = "config.json") -> dict:
     except (TypeError, ValueError, re.error) as err:
         raise CheckpointError(f"{source}: invalid config: {err}") from None
     return cfg
+
+
+def _check_strings(node: Any, source: str, where: str = "") -> None:
+    """Refuse any string (key or value) that is not well-formed Unicode, e.g. half a surrogate
+    pair written as a JSON escape ("\\ud83d"): it loads, but can never be encoded in a reply."""
+    stack: list[tuple[Any, str]] = [(node, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CheckpointError(
+                    f"{source}: invalid config at {path or '<root>'}: {_echo(item)} is not a "
+                    "well-formed string (a lone surrogate code point)"
+                ) from None
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                stack.append((key, path))
+                stack.append((value, f"{path}/{key}" if path else str(key)))
+        elif isinstance(item, list):
+            stack.extend((value, f"{path}/{i}") for i, value in enumerate(item))
+
+
+def _echo(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def read_config(version_dir: Path) -> dict:
@@ -231,7 +274,7 @@ def read_config(version_dir: Path) -> dict:
         raise CheckpointError(
             f"{path}: name {cfg['name']!r} does not match directory {vdir.parent.name!r}"
         )
-    if "version" in cfg and _VERSION.match(vdir.name) and cfg["version"] != int(vdir.name):
+    if "version" in cfg and _VERSION.fullmatch(vdir.name) and cfg["version"] != int(vdir.name):
         raise CheckpointError(
             f"{path}: version {cfg['version']} does not match directory {vdir.name!r}"
         )
@@ -267,14 +310,11 @@ def read_state_dict(
     size = path.stat().st_size
     if size > max_bytes:
         raise CheckpointError(f"{path}: {size} bytes, over the {max_bytes} byte limit")
+    check_archive(path, expected)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: refused: holds pickled objects other than tensors "
-            f"(weights_only load): {first}"
-        ) from None
+        raise CheckpointError(f"{path}: refused: {_unpickling_reason(str(err))}") from None
     except (
         RuntimeError,
         EOFError,
@@ -287,8 +327,9 @@ def read_state_dict(
         AttributeError,
         ImportError,
     ) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: unreadable or truncated weights file: {first}") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated weights file: {_first_line(err)}"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}"
@@ -306,6 +347,14 @@ def read_state_dict(
             raise CheckpointError(
                 f"{path}: key {key!r} has dtype {value.dtype}, expected floating point"
             )
+    if obj and all(k.startswith("module.") for k in obj) and not any(
+            k.startswith("module.") for k in expected):
+        raise CheckpointError(
+            f"{path}: every key starts with 'module.' (e.g. {next(iter(obj))!r}): this looks "
+            "like a state_dict saved from nn.DataParallel or DistributedDataParallel. Save "
+            "net.module.state_dict() instead, or strip the prefix: "
+            "{k.removeprefix('module.'): v for k, v in state.items()}"
+        )
     missing = [k for k in expected if k not in obj]
     if missing:
         raise CheckpointError(
@@ -324,7 +373,86 @@ def read_state_dict(
             raise CheckpointError(
                 f"{path}: key {key!r} has shape {_fmt(got)}, config expects {_fmt(shape)}"
             )
+    for key, value in obj.items():
+        if not bool(torch.isfinite(value).all()):
+            bad = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise CheckpointError(
+                f"{path}: key {key!r} holds {bad} values; a model with non-finite weights "
+                "cannot give meaningful output"
+            )
     return obj
+
+
+def check_archive(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Bound what ``torch.load`` would read, from the archive's directory alone.
+
+    A ``torch.save`` file is a zip archive of *stored* (uncompressed) entries. A compressed
+    entry could inflate far past the file's size inside ``torch.load``, so it is refused; the
+    entries' uncompressed sizes must fit what the architecture needs (its parameters at 8 bytes
+    each at most, plus the pickle's small records). A file in the legacy (non-zip) format is
+    read as it is, so its own size is held to the same bound.
+    """
+    budget = (MAX_FLOAT_BYTES * sum(_numel(s) for s in expected.values())
+              + ARCHIVE_BYTES_PER_KEY * len(expected) + ARCHIVE_SLACK_BYTES)
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        if size > budget:
+            raise CheckpointError(
+                f"{path}: {size} bytes, more than the {budget} bytes the configured "
+                "architecture can need"
+            )
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable weights archive: {_first_line(err)}") from None
+    if len(entries) > 2 * len(expected) + 16:
+        raise CheckpointError(
+            f"{path}: {len(entries)} archive entries, more than a state_dict of "
+            f"{len(expected)} tensors has"
+        )
+    total = 0
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: archive entry {info.filename!r} is compressed; rnnserve reads only "
+                "torch.save's uncompressed archives (a compressed entry could inflate without "
+                "bound)"
+            )
+        total += info.file_size
+    if total > budget:
+        raise CheckpointError(
+            f"{path}: archive entries hold {total} bytes uncompressed, more than the {budget} "
+            "bytes the configured architecture can need"
+        )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without terminal escape sequences or control characters (newlines become ' ')."""
+    return _CONTROL.sub("", _ANSI.sub("", text).replace("\n", " ")).strip()
+
+
+def _first_line(err: BaseException) -> str:
+    text = _ANSI.sub("", str(err)).strip()
+    return clean_text(text.splitlines()[0]) if text else type(err).__name__
+
+
+def _unpickling_reason(message: str) -> str:
+    """Why a weights_only load refused a file, in one line that names the real cause."""
+    found = _UNSUPPORTED_GLOBAL.search(_ANSI.sub("", message))
+    if found:
+        return (f"the file pickles a whole object (unsupported global {found.group(1)}), not a "
+                "state_dict of tensors; rnnserve never unpickles objects. Save the weights "
+                "with torch.save(net.state_dict(), 'model.pt') instead of torch.save(net)")
+    first = _ANSI.sub("", message).strip().splitlines()
+    return ("holds pickled objects other than tensors (weights_only load): "
+            + (clean_text(first[0]) if first else "UnpicklingError"))
 
 
 def load_model(
@@ -366,7 +494,7 @@ def load_model(
     module = module.to(dev).eval()
     vocab = Vocab(cfg["vocab"])
     name = cfg.get("name", vdir.parent.name)
-    version = cfg.get("version", int(vdir.name) if _VERSION.match(vdir.name) else 0)
+    version = cfg.get("version", int(vdir.name) if _VERSION.fullmatch(vdir.name) else 0)
     if cfg["kind"] == "charlm":
         normalization = cfg.get("text", {}).get("normalization", "none")
         tokenizer, labels = None, []

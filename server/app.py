@@ -15,12 +15,12 @@ import logging
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from rnnserve.server.classification import Classifier
 from rnnserve.server.generation import Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
+from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.oip import InferenceServicer
 from rnnserve.server.rpc.oip_kinds import Backends
@@ -72,7 +72,7 @@ class RnnServer:
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
         self.sequences = Sequences(self.generator, settings.max_sessions)
-        self.health = HealthServicer()
+        self.health = BoundedHealthServicer(settings.max_health_watches)
         self.port = settings.port
         self._metrics_http = MetricsHttpServer(
             self.metrics, settings.metrics_host, max(settings.metrics_port, 0)
@@ -100,11 +100,12 @@ class RnnServer:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         credentials = server_credentials(s)
-        server = grpc.aio.server(interceptors=build_interceptors(s), options=[
+        server = grpc.aio.server(interceptors=build_interceptors(s, self.metrics), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
+            *keepalive_options(s),
         ])
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.generator, self.registry, self.metrics), server)
@@ -206,6 +207,20 @@ class RnnServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The keepalive policy (docs/security.md): clients may ping every
+    ``keepalive_min_ping_interval_s`` or slower, with or without calls in flight and with no
+    data flowing (an idle Health watch); faster pings earn strikes and, past gRPC's limit of
+    2, a GOAWAY "too_many_pings"."""
+    interval_ms = int(settings.keepalive_min_ping_interval_s * 1000)
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", interval_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def build_server(settings: ServerSettings) -> RnnServer:

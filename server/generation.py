@@ -12,12 +12,15 @@ import math
 from collections.abc import AsyncIterator
 
 from rnnserve.models.text import normalize_chars
+from rnnserve.server.calls import call_expired
 from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.engine import GenerationJob
 from rnnserve.server.errors import (
+    DeadlineExceededError,
     InvalidArgumentError,
     SessionGoneReason,
     SessionNotFoundError,
+    echo,
 )
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
@@ -65,6 +68,7 @@ class Generator:
         try:
             loaded = entry.loaded
             assert loaded is not None and entry.engine is not None
+            check_stops_producible(params.options.stop, loaded.vocab.idx_to_token, entry.name)
             text = normalize_chars(params.prefix, loaded.normalization or "none")
             ids = loaded.vocab.encode(text)
             if session is not None and session.state is not None:
@@ -102,12 +106,12 @@ class Generator:
     def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
         if params.session_id:
-            session = self._sessions.acquire(params.session_id)
+            session = self._sessions.acquire(params.session_id, owner=current_client())
             try:
                 if params.model and params.model != session.model:
                     raise InvalidArgumentError(
-                        "model", f"session {params.session_id!r} belongs to model "
-                        f"{session.model!r}, not {params.model!r}"
+                        "model", f"session {echo(params.session_id)} belongs to model "
+                        f"{session.model!r}, not {echo(params.model)}"
                     )
                 entry = self._registry.ready(session.model, CHARLM)
                 if entry.version != session.version:
@@ -133,6 +137,9 @@ class Generator:
             else:
                 self._sessions.release(session)
             return
+        if call_expired():  # checked at commit time: a turn reported failed changes nothing
+            self._close(session, fresh, None)
+            raise DeadlineExceededError("the turn's session state")
         self._sessions.release(session, job.final_state, job.final_pending,
                                added_tokens=prefix_tokens + job.generated)
 
@@ -140,7 +147,22 @@ class Generator:
         """EndSession: drop the session; returns the characters it had seen."""
         if not session_id:
             raise InvalidArgumentError("session_id", "must not be empty")
-        return self._sessions.end(session_id).total_tokens
+        return self._sessions.end(session_id, owner=current_client()).total_tokens
+
+
+def check_stops_producible(stops: tuple[str, ...], tokens: list[str], model: str) -> None:
+    """INVALID_ARGUMENT for a stop string with a character no token of the model contains:
+    the model can never produce it, and the request would silently run to max_tokens."""
+    if not stops:
+        return
+    producible = set("".join(tokens))
+    for stop in stops:
+        missing = next((c for c in stop if c not in producible), None)
+        if missing is not None:
+            raise InvalidArgumentError(
+                "stop", f"{echo(stop)} can never be produced by model {model!r}: the character "
+                f"{missing!r} is not in its vocabulary"
+            )
 
 
 def check_options(options: DecodingOptions, settings: ServerSettings) -> None:

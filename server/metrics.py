@@ -144,9 +144,14 @@ class MetricsHttpServer:
         return self._server.server_port if self._server else self._port
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host, registry=self._metrics.registry
-        )
+        """Serve /metrics; a port already taken is an OSError that names the address."""
+        try:
+            self._server, self._thread = start_http_server(
+                self._port, addr=self._host, registry=self._metrics.registry
+            )
+        except OSError as err:
+            raise OSError(err.errno, f"metrics port {self._host}:{self._port}: {err.strerror} "
+                          "(choose another with --metrics-port, or -1 for none)") from None
         logger.info("metrics on http://%s:%d/metrics", self._host, self.port)
 
     def stop(self) -> None:

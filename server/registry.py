@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from rnnserve.models.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     LoadedModel,
+    clean_text,
     list_model_dirs,
     load_model,
     resolve_inside,
@@ -147,7 +150,7 @@ class ModelRegistry:
         self._info_labels: dict[str, tuple[str, ...]] = {}
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="rnnserve-loader")
+        self._defaults: dict[str, str] = {}  # kind -> the default pinned when it first served
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.device = resolve_device(settings.device)
@@ -173,6 +176,12 @@ class ModelRegistry:
         self._on_change()
         ready = [e.name for e in self._entries.values() if e.state is ModelState.READY]
         logger.info("models ready: %s", ", ".join(ready) or "none")
+        for kind, name in sorted(self._defaults.items()):
+            same = [e.name for e in self.entries() if e.kind == kind]
+            if len(same) > 1 and not self._settings.default_model(kind):
+                logger.warning("%d %s models and no default configured: %s serves requests "
+                               "that name no model (set %s to choose)", len(same), kind, name,
+                               self._settings.default_model_field(kind))
 
     async def load(self, name: str, version: int = 0) -> SwapResult:
         """Serve ``version`` of ``name`` (0: its highest) in place of what serves now.
@@ -203,6 +212,13 @@ class ModelRegistry:
                 self._metrics.model_info.remove(*labels)
             dropped = self._on_retire(name, entry.version) if entry.loaded is not None else 0
             self._retire(entry.runner)
+            if self._defaults.get(entry.kind) == name:
+                del self._defaults[entry.kind]
+                successor = self.default_name(entry.kind)
+                if successor:
+                    self._defaults[entry.kind] = successor
+                logger.warning("default %s model %s unloaded; the default is now %s",
+                               entry.kind, name, successor or "none")
             self._on_change()
             logger.info("model %s version %d unloaded (%d sessions dropped)",
                         name, entry.version, dropped)
@@ -242,7 +258,7 @@ class ModelRegistry:
             repo = self._settings.model_repository
             model_dir = resolve_inside(repo, Path(repo) / name)
         except CheckpointError as err:
-            raise InvalidArgumentError("name", str(err)) from None
+            raise InvalidArgumentError("name", self._for_clients(str(err))) from None
         if not model_dir.is_dir():
             raise ModelNotFoundError(name, list(self._entries))
         return model_dir
@@ -262,14 +278,14 @@ class ModelRegistry:
             wanted = version if version is not None else select_version(model_dir)
             vdir = version_dir(model_dir, wanted)
             mark = (wanted, fingerprint(vdir))
-            loaded = await asyncio.get_running_loop().run_in_executor(
-                self._loader, load_model, vdir, self.device,
+            loaded = await run_detached(
+                load_model, vdir, self.device,
                 self._settings.max_checkpoint_bytes, self._settings.model_repository,
             )
             runner = await self._start_runner(name, loaded)
         except Exception as err:  # noqa: BLE001 - any failure is the model's, not the server's
             known = isinstance(err, CheckpointError | OSError | ValueError)
-            reason = str(err) if known else f"{type(err).__name__}: {err}"
+            reason = self._for_clients(str(err) if known else f"{type(err).__name__}: {err}")
             self._refuse(entry, wanted, mark, reason, log_trace=not known)
             serving = entry.version if entry.state is ModelState.READY else 0
             raise ModelLoadError(name, wanted, reason, serving) from None
@@ -282,6 +298,13 @@ class ModelRegistry:
             logger.info("model %s: version %d serves in place of %d (%d sessions dropped)",
                         name, entry.version, previous, dropped)
         return SwapResult(entry, previous, dropped)
+
+    def _for_clients(self, text: str) -> str:
+        """A refusal as clients may see it: files named relative to the model repository (never
+        the server's absolute paths), one line, no control characters."""
+        root = str(Path(self._settings.model_repository).resolve())
+        text = text.replace(root + os.sep, "").replace(root, "<model repository>")
+        return clean_text(text)
 
     async def _start_runner(self, name: str, loaded: LoadedModel) -> Runner:
         s = self._settings
@@ -321,6 +344,8 @@ class ModelRegistry:
         entry.engine = runner if isinstance(runner, GenerationEngine) else None
         entry.batcher = runner if isinstance(runner, ClassificationBatcher) else None
         entry.state, entry.error, entry.refused, entry.pinned = ModelState.READY, "", None, pin
+        if self._defaults.get(entry.kind) not in self._entries:
+            self._defaults[entry.kind] = entry.name  # pinned: a model added later never moves it
         m = self._metrics
         m.model_ready.labels(entry.name).set(1)
         old = self._info_labels.pop(entry.name, None)
@@ -360,7 +385,6 @@ class ModelRegistry:
                 await entry.runner.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._executors.shutdown)
-        await loop.run_in_executor(None, self._loader.shutdown)
 
     async def wait_retired(self) -> None:
         """Wait until every old version has been drained and stopped (for tests and shutdown)."""
@@ -378,11 +402,15 @@ class ModelRegistry:
         return entry
 
     def default_name(self, kind: str) -> str:
-        """The default model of a kind: the configured one, else the first ready one by name."""
-        configured = (self._settings.default_generation_model if kind == CHARLM
-                      else self._settings.default_classifier)
+        """The default model of a kind: the configured one, else the one pinned when the kind
+        first served (the first ready by name at start; a model added later never moves it;
+        if it is unloaded, the first ready by name then), else the first of the kind by name."""
+        configured = self._settings.default_model(kind)
         if configured:
             return configured
+        pinned = self._defaults.get(kind)
+        if pinned in self._entries:
+            return pinned
         candidates = [e for e in self.entries() if e.kind == kind]
         ready = [e for e in candidates if e.state is ModelState.READY]
         chosen = ready or candidates
@@ -410,6 +438,37 @@ class ModelRegistry:
         name = self.default_name(kind)
         entry = self._entries.get(name)
         return entry is not None and entry.state is ModelState.READY
+
+
+async def run_detached(fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
+    """``fn(*args)`` in a daemon thread of its own, awaited without blocking the event loop.
+
+    Loading may take long on a big or hostile checkpoint; shutdown (SIGTERM) never waits for
+    it: cancelling the await abandons the thread, and the process exits without joining it.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[LoadedModel] = loop.create_future()
+
+    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, err
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the event loop is gone (shutdown): nobody waits any more
+
+    threading.Thread(target=work, name="rnnserve-loader", daemon=True).start()
+    return await future
 
 
 def describe(loaded: LoadedModel) -> str:

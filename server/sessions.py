@@ -116,9 +116,15 @@ class SessionStore:
         self._metrics.sessions_active.labels(model).inc()
         return session
 
-    def acquire(self, session_id: str) -> Session:
-        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy."""
+    def acquire(self, session_id: str, owner: str | None = None) -> Session:
+        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy.
+
+        With ``owner`` given (the caller's identity), a session opened by another client is
+        NOT_FOUND as if it did not exist: only its owner may use or end it.
+        """
         session = self._sessions.get(session_id)
+        if session is not None and owner is not None and session.owner != owner:
+            raise SessionNotFoundError(session_id, SessionGoneReason.UNKNOWN)
         if session is not None and self._is_expired(session):
             self._remove(session, SessionGoneReason.EXPIRED)
             session = None
@@ -152,9 +158,10 @@ class SessionStore:
             self._unaccount(session)
             self._disown(session)
 
-    def end(self, session_id: str) -> Session:
-        """EndSession: remove and return the session (NOT_FOUND if gone, ABORTED if busy)."""
-        session = self.acquire(session_id)
+    def end(self, session_id: str, owner: str | None = None) -> Session:
+        """EndSession: remove and return the session (NOT_FOUND if gone or another owner's,
+        ABORTED if busy)."""
+        session = self.acquire(session_id, owner)
         self._remove(session, SessionGoneReason.ENDED)
         return session
 

@@ -40,11 +40,16 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+CHOICES = {"cell": ("rnn", "gru", "lstm"), "nonlinearity": ("tanh", "relu")}
+"""Flags whose values are a fixed set (shown by --help, checked by argparse)."""
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
-        parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
+        parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                            help=f"(default: {f.default})")
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +70,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnserve train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="rnnserve train",
+        description="Train the char LM or the sentiment classifier and write a model version "
+        "(config.json + model.pt) into --out.")
     sub = parser.add_subparsers(dest="task", required=True)
     p = sub.add_parser("charlm", help="character language model (seed 000 RNNModel)")
     p.add_argument("--corpus", required=True, type=Path, help="text file (normalised as d2l does)")
@@ -91,7 +99,7 @@ def _name_version(out: Path, name: str | None) -> tuple[str, int]:
     import re
 
     name = name or out.resolve().parent.name
-    if not re.match(NAME_RE, name):
+    if not re.fullmatch(NAME_RE, name):
         raise SystemExit(f"error: model name {name!r} must match {NAME_RE} (use --name)")
     version = int(out.name) if out.name.isdigit() else 1
     return name, version

@@ -25,7 +25,13 @@ from rnnserve.server.metrics import Metrics
 from rnnserve.server.registry import ModelEntry, ModelRegistry, ModelState
 from rnnserve.server.rpc.oip_kinds import KINDS, Backends, KindTensors
 from rnnserve.server.rpc.servicers import known_label
-from rnnserve.server.rpc.status import CallRecord, request_id, rpc_method, status_of
+from rnnserve.server.rpc.status import (
+    CallRecord,
+    check_fields,
+    request_id,
+    rpc_method,
+    status_of,
+)
 from rnnserve.server.rpc.tensors import Tensors, decode_inputs, fill_outputs, parameter_value
 from rnnserve.server.sequences import SequenceFlags
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
@@ -144,6 +150,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         record = CallRecord(method, self.model_label(request), request_id(context), PROTOCOL)
         self.metrics.in_flight.labels(method).inc()
         try:
+            check_fields(request)
             entry, kind = self._model(request.model_name, request.model_version)
             inputs = decode_inputs(request, kind.inputs)
             final = False

@@ -134,7 +134,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        return getattr(request, "name", "")
+        return known_label(self._registry, getattr(request, "name", ""))
 
     def _info(self, entry: ModelEntry) -> models_pb2.ModelInfo:
         is_default = self._registry.default_name(entry.kind) == entry.name
