@@ -1,13 +1,13 @@
-"""The model repository format: ``<repo>/<name>/<version>/{config.json, model.pt}``.
+"""Checkpoints: config.json validation, the safe weights loader, and saving a model version.
 
-``config.json`` describes the architecture, the vocabulary (idx_to_token list), text
-normalisation / tokenizer and the training run with its held-out metrics; it is validated
-against ``config.schema.json`` (plus cross-field checks) *before* any tensor is read.
-``model.pt`` is a plain ``state_dict`` read with ``torch.load(..., weights_only=True)``: only a
-dict of dense tensors whose keys and shapes match the configured architecture is accepted.
-Names match ``NAME_RE``; every path is resolved and must stay inside its repository / version
-directory (no symlink escapes); files have size limits. Every refusal is a
-:class:`CheckpointError` whose message names the file and the mismatch.
+``config.json`` describes the kind (:class:`~.kinds.ModelKind`), the architecture and the
+kind's assets (vocabulary, text normalisation / tokenizer, input scaling) and the training run
+with its held-out metrics; it is validated against ``config.schema.json`` plus the kind's own
+cross-field checks *before* any tensor is read. ``model.pt`` is a plain ``state_dict`` read with
+``torch.load(..., weights_only=True)``: only a dict of dense tensors whose keys and shapes match
+the configured architecture is accepted. Files have size limits; paths are checked by
+:mod:`.repository`. Everything kind-specific is asked of :func:`~.kinds.kind_spec`. Every
+refusal is a :class:`CheckpointError` whose message names the file and the mismatch.
 """
 
 from __future__ import annotations
@@ -24,36 +24,43 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from .charlm import CharLMConfig, RNNModel
-from .sentiment import SentimentConfig, SentimentRNN
-from .text import CharNormalization, WordTokenizer, WordTokenizerConfig
-from .vocab import Vocab
+from .kinds import DEFAULT_LABELS, ModelKind, kind_spec
+from .repository import (
+    CONFIG_FILE,
+    NAME_RE,
+    VERSION_RE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    list_model_dirs,
+    list_versions,
+    resolve_inside,
+    select_version,
+    validate_name,
+    version_dir,
+)
+
+__all__ = [  # the repository names are re-exported: callers import them from here too
+    "CONFIG_FILE", "DEFAULT_LABELS", "DEFAULT_MAX_BYTES", "MAX_CONFIG_BYTES", "NAME_RE",
+    "WEIGHTS_FILE", "CheckpointError", "LoadedModel", "ModelSpec", "build_module", "check_archive",
+    "clean_text",
+    "config_schema", "expected_shapes", "find_models", "list_model_dirs", "list_versions",
+    "load_model", "read_config", "read_state_dict", "resolve_inside", "save_model",
+    "select_version", "validate_config", "validate_name", "version_dir",
+]
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_NAME = re.compile(NAME_RE)
-_VERSION = re.compile(r"^[0-9]{1,9}$")
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
 MAX_CONFIG_BYTES = 16 * 2**20
 DEFAULT_MAX_BYTES = 512 * 2**20
-DEFAULT_LABELS = ["negative", "positive"]
 MAX_SCHEMA_ERRORS = 100
 MAX_FLOAT_BYTES = 8  # float64, the widest dtype a state_dict entry may have
 ARCHIVE_SLACK_BYTES = 2**20  # data.pkl, version and byteorder records of a torch.save archive
 ARCHIVE_BYTES_PER_KEY = 4096
-
-Kind = Literal["charlm", "classifier"]
-
-
-class CheckpointError(Exception):
-    """A model directory, config or weights file was refused; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -62,102 +69,39 @@ class ModelSpec:
 
     name: str
     version: int
-    kind: Kind
+    kind: ModelKind
     path: Path
     config: dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve: module in eval mode on ``device`` plus its text handling."""
+    """A model ready to serve: module in eval mode on ``device`` plus its kind's assets.
+
+    ``assets`` is the kind's frozen value (:mod:`.kinds`): ``vocab`` and ``normalization`` for
+    a charlm; ``vocab``, ``tokenizer`` and ``labels`` for a classifier; ``features`` and
+    ``scaling`` for a forecaster. They read as attributes of the model too (``loaded.vocab``).
+    """
 
     name: str
     version: int
-    kind: Kind
+    kind: ModelKind
     config: dict
-    vocab: Vocab
-    module: RNNModel | SentimentRNN
-    normalization: CharNormalization | None  # charlm only
-    tokenizer: WordTokenizer | None  # classifier only
-    labels: list[str]
+    module: nn.Module
+    assets: Any
     device: torch.device
     path: Path | None = None
     num_parameters: int = field(default=0)
 
-
-# ---------------------------------------------------------------------------- names and paths
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid model name, else raise :class:`CheckpointError`."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise CheckpointError(f"invalid model name {name!r}: must match {NAME_RE}")
-    return name
-
-
-def resolve_inside(root: Path, path: Path) -> Path:
-    """``path`` fully resolved (symlinks followed); refuses anything outside ``root``."""
-    root_r = Path(root).resolve()
-    resolved = Path(path).resolve()
-    if resolved != root_r and root_r not in resolved.parents:
-        raise CheckpointError(f"{path}: resolves to {resolved}, outside {root_r}")
-    return resolved
-
-
-def list_model_dirs(repo: Path) -> list[tuple[str, Path]]:
-    """``(name, resolved dir)`` for each valid model directory in ``repo``, sorted by name.
-
-    Entries with an invalid name, that are not directories, or that resolve outside the
-    repository are skipped with a warning (one bad entry never hides the others).
-    """
-    repo_r = Path(repo).resolve()
-    if not repo_r.is_dir():
-        raise CheckpointError(f"{repo}: model repository is not a directory")
-    found = []
-    for entry in sorted(repo_r.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    def __getattr__(self, name: str) -> Any:
+        if name == "assets":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         try:
-            validate_name(entry.name)
-            resolved = resolve_inside(repo_r, entry)
-        except CheckpointError as err:
-            logger.warning("skipping %s: %s", entry, err)
-            continue
-        if resolved.is_dir():
-            found.append((entry.name, resolved))
-    return found
-
-
-def list_versions(model_dir: Path) -> list[int]:
-    """Numeric version directories of a model, ascending."""
-    model_r = Path(model_dir).resolve()
-    versions = []
-    for entry in model_r.iterdir():
-        if _VERSION.fullmatch(entry.name) and entry.is_dir():
-            try:
-                resolve_inside(model_r, entry)
-            except CheckpointError as err:
-                logger.warning("skipping %s: %s", entry, err)
-                continue
-            versions.append(int(entry.name))
-    return sorted(versions)
-
-
-def select_version(model_dir: Path, config_pin: int | None = None) -> int:
-    """The highest numeric version directory, or ``config_pin`` if given (it must exist)."""
-    versions = list_versions(model_dir)
-    if config_pin is not None:
-        if config_pin not in versions:
-            raise CheckpointError(
-                f"{model_dir}: pinned version {config_pin} not found (have {versions})"
-            )
-        return config_pin
-    if not versions:
-        raise CheckpointError(f"{model_dir}: no numeric version directories")
-    return versions[-1]
-
-
-def version_dir(model_dir: Path, version: int) -> Path:
-    """The resolved directory of ``version`` (must stay inside ``model_dir``)."""
-    return resolve_inside(Path(model_dir), Path(model_dir) / str(int(version)))
+            return getattr(self.assets, name)
+        except AttributeError:
+            raise AttributeError(
+                f"a {self.kind} model has no {name!r} (its assets: {type(self.assets).__name__})"
+            ) from None
 
 
 def find_models(repo: Path) -> list[ModelSpec]:
@@ -171,7 +115,7 @@ def find_models(repo: Path) -> list[ModelSpec]:
         except CheckpointError as err:
             logger.warning("skipping model %s: %s", name, err)
             continue
-        specs.append(ModelSpec(name, version, cfg["kind"], vdir, cfg))
+        specs.append(ModelSpec(name, version, ModelKind(cfg["kind"]), vdir, cfg))
     return specs
 
 
@@ -196,30 +140,22 @@ def validate_config(cfg: Any, source: str = "config.json") -> dict:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "<root>"
         raise CheckpointError(f"{source}: invalid config at {where}: {err.message}")
-    arch, vocab = cfg["architecture"], cfg["vocab"]
+    vocab = cfg.get("vocab")  # the kinds with a vocabulary (the schema says which)
     first_seen: dict[str, int] = {}
-    for index, token in enumerate(vocab):  # uniqueness in one pass (no uniqueItems: O(n²))
+    for index, token in enumerate(vocab or ()):  # uniqueness in one pass (no uniqueItems: O(n²))
         if token in first_seen:
             raise CheckpointError(
                 f"{source}: invalid config at vocab/{index}: {_echo(token)} is non-unique "
                 f"(duplicates vocab/{first_seen[token]})"
             )
         first_seen[token] = index
-    if arch["vocab_size"] != len(vocab):
+    if vocab is not None and cfg["architecture"]["vocab_size"] != len(vocab):
         raise CheckpointError(
-            f"{source}: architecture.vocab_size is {arch['vocab_size']} "
+            f"{source}: architecture.vocab_size is {cfg['architecture']['vocab_size']} "
             f"but vocab has {len(vocab)} tokens"
         )
     try:
-        if cfg["kind"] == "charlm":
-            CharLMConfig(**arch)
-        else:
-            SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
-            tok = WordTokenizerConfig(**cfg["tokenizer"])
-            if tok.pad_index >= len(vocab):
-                raise ValueError(
-                    f"tokenizer.pad_index {tok.pad_index} outside vocab of {len(vocab)}"
-                )
+        kind_spec(cfg["kind"]).check(cfg)
     except (TypeError, ValueError, re.error) as err:
         raise CheckpointError(f"{source}: invalid config: {err}") from None
     return cfg
@@ -274,21 +210,16 @@ def read_config(version_dir: Path) -> dict:
         raise CheckpointError(
             f"{path}: name {cfg['name']!r} does not match directory {vdir.parent.name!r}"
         )
-    if "version" in cfg and _VERSION.fullmatch(vdir.name) and cfg["version"] != int(vdir.name):
+    if "version" in cfg and VERSION_RE.fullmatch(vdir.name) and cfg["version"] != int(vdir.name):
         raise CheckpointError(
             f"{path}: version {cfg['version']} does not match directory {vdir.name!r}"
         )
     return cfg
 
 
-def build_module(cfg: dict) -> RNNModel | SentimentRNN:
+def build_module(cfg: dict) -> nn.Module:
     """A freshly initialised module for a validated config."""
-    arch = cfg["architecture"]
-    if cfg["kind"] == "charlm":
-        return RNNModel.from_config(CharLMConfig(**arch))
-    return SentimentRNN.from_config(
-        SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
-    )
+    return kind_spec(cfg["kind"]).build(cfg)
 
 
 def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -492,27 +423,16 @@ def load_model(
         raise CheckpointError(f"{weights}: {err}") from None
     dev = torch.device(device)
     module = module.to(dev).eval()
-    vocab = Vocab(cfg["vocab"])
     name = cfg.get("name", vdir.parent.name)
-    version = cfg.get("version", int(vdir.name) if _VERSION.fullmatch(vdir.name) else 0)
-    if cfg["kind"] == "charlm":
-        normalization = cfg.get("text", {}).get("normalization", "none")
-        tokenizer, labels = None, []
-    else:
-        normalization = None
-        tokenizer = WordTokenizer(WordTokenizerConfig(**cfg["tokenizer"]))
-        labels = list(cfg.get("labels", DEFAULT_LABELS))
+    version = cfg.get("version", int(vdir.name) if VERSION_RE.fullmatch(vdir.name) else 0)
     logger.info("loaded %s/%s (%s) from %s on %s", name, version, cfg["kind"], vdir, dev)
     return LoadedModel(
         name=name,
         version=version,
-        kind=cfg["kind"],
+        kind=ModelKind(cfg["kind"]),
         config=cfg,
-        vocab=vocab,
         module=module,
-        normalization=normalization,
-        tokenizer=tokenizer,
-        labels=labels,
+        assets=kind_spec(cfg["kind"]).assets(cfg),
         device=dev,
         path=vdir,
         num_parameters=sum(p.numel() for p in module.parameters()),

@@ -16,10 +16,11 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from rnnserve.server.classification import Classifier
-from rnnserve.server.generation import Generator
+from rnnserve.server.classification import CLASSIFICATION, Classifier
+from rnnserve.server.forecasting import FORECASTING, Forecasting
+from rnnserve.server.generation import GENERATION, Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
-from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
+from rnnserve.server.registry import ModelRegistry, ModelState
 from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.oip import InferenceServicer
@@ -27,6 +28,7 @@ from rnnserve.server.rpc.oip_kinds import Backends
 from rnnserve.server.rpc.servicers import (
     AdminServicer,
     ClassificationServicer,
+    ForecastServicer,
     GenerationServicer,
     ModelServicer,
 )
@@ -39,6 +41,8 @@ from rnnserve.v1 import (
     admin_pb2_grpc,
     classification_pb2,
     classification_pb2_grpc,
+    forecast_pb2,
+    forecast_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -52,9 +56,11 @@ GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationServi
 CLASSIFICATION_SERVICE = (
     classification_pb2.DESCRIPTOR.services_by_name["ClassificationService"].full_name
 )
+FORECAST_SERVICE = forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVING_KINDS = (GENERATION, CLASSIFICATION, FORECASTING)  # every kind of model this server serves
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -67,11 +73,13 @@ class RnnServer:
         self.metrics = Metrics()
         self.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, self.metrics,
                                      max_per_owner=settings.max_sessions_per_client)
-        self.registry = ModelRegistry(settings, self.metrics, on_change=self._models_changed,
+        self.registry = ModelRegistry(settings, self.metrics, SERVING_KINDS,
+                                      on_change=self._models_changed,
                                       on_retire=self.sessions.drop_model_version)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
         self.sequences = Sequences(self.generator, settings.max_sessions)
+        self.forecasting = Forecasting(self.registry, self.sessions, settings, self.metrics)
         self.health = BoundedHealthServicer(settings.max_health_watches)
         self.port = settings.port
         self._metrics_http = MetricsHttpServer(
@@ -111,12 +119,15 @@ class RnnServer:
             GenerationServicer(self.generator, self.registry, self.metrics), server)
         classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
             ClassificationServicer(self.classifier, self.registry, self.metrics), server)
+        forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
+            ForecastServicer(self.forecasting, self.registry, self.metrics), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(Backends(self.classifier, self.sequences), self.registry,
                               self.metrics, self.ready), server)
-        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE]
+        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE,
+                    INFERENCE_SERVICE]
         if s.admin_enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(self.registry, self.metrics), server)
@@ -132,8 +143,8 @@ class RnnServer:
             self.port = server.add_secure_port(address, credentials)
         else:
             self.port = server.add_insecure_port(address)
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
-                        INFERENCE_SERVICE):
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE,
+                        MODEL_SERVICE, INFERENCE_SERVICE):
             await self.health.set(service, NOT_SERVING)
         await server.start()
         self._server = server
@@ -175,10 +186,14 @@ class RnnServer:
         await self.health.set(INFERENCE_SERVICE, SERVING if any_ready else NOT_SERVING)
         await self.health.set(MODEL_SERVICE, SERVING)
         await self.health.set(
-            GENERATION_SERVICE, SERVING if self.registry.service_ready(CHARLM) else NOT_SERVING)
+            GENERATION_SERVICE,
+            SERVING if self.registry.service_ready(GENERATION.kind) else NOT_SERVING)
         await self.health.set(
             CLASSIFICATION_SERVICE,
-            SERVING if self.registry.service_ready(CLASSIFIER) else NOT_SERVING)
+            SERVING if self.registry.service_ready(CLASSIFICATION.kind) else NOT_SERVING)
+        await self.health.set(
+            FORECAST_SERVICE,
+            SERVING if self.registry.service_ready(FORECASTING.kind) else NOT_SERVING)
 
     async def _sweep(self) -> None:
         while True:

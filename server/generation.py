@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
+from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
 from rnnserve.server.calls import call_expired
 from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import GenerationJob
+from rnnserve.server.engine import GenerationEngine, GenerationJob
 from rnnserve.server.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -24,12 +26,28 @@ from rnnserve.server.errors import (
 )
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import CHARLM, ModelEntry, ModelRegistry
+from rnnserve.server.registry import ModelRegistry
 from rnnserve.server.requests import GenerateParams, GenerationChunk
+from rnnserve.server.runner import ServingKind, ServingModel
 from rnnserve.server.sessions import Session, SessionStore
 from rnnserve.server.settings import ServerSettings
 
 MAX_TEMPERATURE = 100.0
+
+
+def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,
+                settings: ServerSettings) -> GenerationEngine:
+    """The runner of a char language model: its continuous-batching generation engine."""
+    return GenerationEngine(
+        loaded, name, executor, metrics,
+        max_batch_size=settings.max_batch_size, max_active=settings.max_active_generations,
+        max_steps_per_iteration=settings.max_steps_per_iteration,
+    )
+
+
+GENERATION: ServingKind[GenerationEngine] = ServingKind(
+    ModelKind.CHARLM, "generation model", make_engine,
+)
 
 
 class Generator:
@@ -67,9 +85,8 @@ class Generator:
         entry, session, fresh = self._open(params)
         try:
             loaded = entry.loaded
-            assert loaded is not None and entry.engine is not None
             check_stops_producible(params.options.stop, loaded.vocab.idx_to_token, entry.name)
-            text = normalize_chars(params.prefix, loaded.normalization or "none")
+            text = normalize_chars(params.prefix, loaded.normalization)
             ids = loaded.vocab.encode(text)
             if session is not None and session.state is not None:
                 feed = [session.pending, *ids[:-1]] if ids else []
@@ -79,13 +96,13 @@ class Generator:
                 feed, pending, state = ids[:-1], ids[-1], None
             job = GenerationJob(feed=feed, pending=pending, state=state,
                                 max_tokens=max_tokens, options=params.options)
-            entry.engine.submit(job)
+            entry.runner.submit(job)
         except BaseException:
             self._close(session, fresh, None)
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
-        version = entry.version  # a hot reload may swap the entry's version mid-stream
+        version = entry.version
         completed = False
         try:
             while True:
@@ -103,7 +120,8 @@ class Generator:
             job.cancelled = not completed
             self._close(session, fresh, job if completed else None, len(ids))
 
-    def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
+    def _open(self, params: GenerateParams
+              ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
         if params.session_id:
             session = self._sessions.acquire(params.session_id, owner=current_client())
@@ -113,7 +131,7 @@ class Generator:
                         "model", f"session {echo(params.session_id)} belongs to model "
                         f"{session.model!r}, not {echo(params.model)}"
                     )
-                entry = self._registry.ready(session.model, CHARLM)
+                entry = self._registry.ready(session.model, GENERATION)
                 if entry.version != session.version:
                     self._sessions.drop_model_version(session.model, session.version)
                     raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
@@ -121,7 +139,7 @@ class Generator:
                 self._sessions.release(session)
                 raise
             return entry, session, False
-        entry = self._registry.ready(params.model, CHARLM)
+        entry = self._registry.ready(params.model, GENERATION)
         if params.keep_session:
             return entry, self._sessions.open(entry.name, entry.version, current_client()), True
         return entry, None, False

@@ -47,7 +47,8 @@ class Metrics:
         )
         self.time_to_first_token = Histogram(
             "rnnserve_time_to_first_token_seconds",
-            "Time from a generation's arrival to its first generated character.",
+            "Time from a generation's (or forecast's) arrival to its first generated character "
+            "(or predicted point).",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.inter_token_latency = Histogram(
@@ -61,6 +62,14 @@ class Metrics:
         self.prefix_tokens = Counter(
             "rnnserve_prefix_tokens_total", "Prefix characters consumed in warm-up.",
             ["model"], registry=r,
+        )
+        self.forecast_points = Counter(
+            "rnnserve_forecast_points_total",
+            "Points of forecast series, by phase: observed (sent) or predicted.",
+            ["model", "phase"], registry=r,
+        )
+        self.active_forecasts = Gauge(
+            "rnnserve_active_forecasts", "Forecasts predicting now.", ["model"], registry=r,
         )
         self.classified_texts = Counter(
             "rnnserve_classified_texts_total", "Texts classified.", ["model"], registry=r,

@@ -11,6 +11,9 @@ other), the old version's sessions are dropped (they answer NOT_FOUND "no longer
 the old engine is drained (in-flight work finishes, up to ``reload_drain_s``) before it stops.
 A version that fails to load leaves the old one serving; the refusal is logged, kept in the
 entry's ``error`` and not retried until its files change.
+
+The registry never branches on a model's kind: the composition root hands it one
+:class:`~rnnserve.server.runner.ServingKind` per kind, whose factory makes the model's runner.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import torch
+from rnnserve.models import ModelKind, kind_spec
 from rnnserve.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -39,8 +45,6 @@ from rnnserve.models.checkpoint import (
     validate_name,
     version_dir,
 )
-from rnnserve.server.batcher import ClassificationBatcher
-from rnnserve.server.engine import GenerationEngine
 from rnnserve.server.errors import (
     InvalidArgumentError,
     ModelLoadError,
@@ -50,15 +54,12 @@ from rnnserve.server.errors import (
 )
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.requests import ModelDescription
+from rnnserve.server.runner import R, Runner, ServingKind, ServingModel
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-CHARLM = "charlm"
-CLASSIFIER = "classifier"
 DRAIN_POLL_S = 0.02
-
-Runner = GenerationEngine | ClassificationBatcher
 
 
 class ModelState(StrEnum):
@@ -74,18 +75,20 @@ class ModelEntry:
     name: str
     state: ModelState = ModelState.LOADING
     version: int = 0
-    kind: str = ""
+    kind: ModelKind | None = None  # known once a version has loaded
     error: str = ""  # why loading failed, or why a newer version was refused while this serves
     device: str = ""
-    loaded: LoadedModel | None = None
-    engine: GenerationEngine | None = None
-    batcher: ClassificationBatcher | None = None
+    serving: ServingModel[Any] | None = None  # the version that serves now (switched in one step)
     pinned: bool = False  # an admin LoadModel chose this version: polling leaves it alone
     refused: tuple[int, str] | None = None  # (version, files fingerprint) that failed to load
 
     @property
+    def loaded(self) -> LoadedModel | None:
+        return self.serving.loaded if self.serving is not None else None
+
+    @property
     def runner(self) -> Runner | None:
-        return self.engine if self.engine is not None else self.batcher
+        return self.serving.runner if self.serving is not None else None
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,14 @@ class ModelRegistry:
     """Owns every model: what is in the repository, what is loaded, and their engines."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics,
+                 kinds: Sequence[ServingKind[Any]],
                  on_change: Callable[[], None] | None = None,
                  on_retire: Callable[[str, int], int] | None = None) -> None:
-        """``on_change`` runs after any readiness change; ``on_retire(name, version)`` when a
-        version stops serving (it drops that version's sessions and returns how many)."""
+        """``kinds``: how to serve each kind of model (a model of a kind not among them fails
+        to load); ``on_change`` runs after any readiness change; ``on_retire(name, version)``
+        when a version stops serving (it drops that version's sessions and returns how many)."""
         self._settings = settings
+        self._kinds: dict[ModelKind, ServingKind[Any]] = {k.kind: k for k in kinds}
         self._metrics = metrics
         self._on_change = on_change or (lambda: None)
         self._on_retire = on_retire or (lambda name, version: 0)
@@ -151,6 +157,7 @@ class ModelRegistry:
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
         self._defaults: dict[str, str] = {}  # kind -> the default pinned when it first served
+        self._loader = DaemonWorker("rnnserve-loader")
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.device = resolve_device(settings.device)
@@ -278,7 +285,7 @@ class ModelRegistry:
             wanted = version if version is not None else select_version(model_dir)
             vdir = version_dir(model_dir, wanted)
             mark = (wanted, fingerprint(vdir))
-            loaded = await run_detached(
+            loaded = await self._loader.run(
                 load_model, vdir, self.device,
                 self._settings.max_checkpoint_bytes, self._settings.model_repository,
             )
@@ -307,21 +314,11 @@ class ModelRegistry:
         return clean_text(text)
 
     async def _start_runner(self, name: str, loaded: LoadedModel) -> Runner:
-        s = self._settings
+        serving = self._kinds.get(loaded.kind)
+        if serving is None:
+            raise ValueError(f"this server does not serve {loaded.kind} models")
         executor = self._executors.for_device(self.device)
-        runner: Runner
-        if loaded.kind == CHARLM:
-            runner = GenerationEngine(
-                loaded, name, executor, self._metrics,
-                max_batch_size=s.max_batch_size, max_active=s.max_active_generations,
-                max_steps_per_iteration=s.max_steps_per_iteration,
-            )
-        else:
-            runner = ClassificationBatcher(
-                loaded, name, executor, self._metrics,
-                max_batch_size=s.classify_max_batch_size, max_wait_ms=s.classify_max_wait_ms,
-                max_queued=s.max_queued_texts,
-            )
+        runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
         await runner.start()
         return runner
 
@@ -340,9 +337,8 @@ class ModelRegistry:
 
     def _install(self, entry: ModelEntry, loaded: LoadedModel, runner: Runner, pin: bool) -> None:
         """Switch the entry to the new version in one synchronous step."""
-        entry.loaded, entry.version, entry.kind = loaded, loaded.version, loaded.kind
-        entry.engine = runner if isinstance(runner, GenerationEngine) else None
-        entry.batcher = runner if isinstance(runner, ClassificationBatcher) else None
+        entry.serving = ServingModel(entry.name, loaded.version, loaded, runner)
+        entry.version, entry.kind = loaded.version, loaded.kind
         entry.state, entry.error, entry.refused, entry.pinned = ModelState.READY, "", None, pin
         if self._defaults.get(entry.kind) not in self._entries:
             self._defaults[entry.kind] = entry.name  # pinned: a model added later never moves it
@@ -368,11 +364,11 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.reload_drain_s
         try:
-            while _pending(runner) and loop.time() < deadline:
+            while runner.pending and loop.time() < deadline:
                 await asyncio.sleep(DRAIN_POLL_S)
-            if _pending(runner):
+            if runner.pending:
                 logger.warning("model %s: stopping an old version with %d requests in flight",
-                               runner.name, _pending(runner))
+                               runner.name, runner.pending)
         finally:
             await runner.stop()
 
@@ -401,10 +397,12 @@ class ModelRegistry:
             raise ModelNotFoundError(name, list(self._entries))
         return entry
 
-    def default_name(self, kind: str) -> str:
+    def default_name(self, kind: ModelKind | None) -> str:
         """The default model of a kind: the configured one, else the one pinned when the kind
         first served (the first ready by name at start; a model added later never moves it;
         if it is unloaded, the first ready by name then), else the first of the kind by name."""
+        if kind is None or kind not in self._kinds:
+            return ""
         configured = self._settings.default_model(kind)
         if configured:
             return configured
@@ -416,68 +414,80 @@ class ModelRegistry:
         chosen = ready or candidates
         return chosen[0].name if chosen else ""
 
-    def ready(self, name: str, kind: str) -> ModelEntry:
-        """The ready model ``name`` (or the default of ``kind`` when empty)."""
-        name = name or self.default_name(kind)
+    def ready(self, name: str, serving: ServingKind[R]) -> ServingModel[R]:
+        """The ready model ``name`` (or the default of the kind when empty), with its runner."""
+        name = name or self.default_name(serving.kind)
         if not name:
-            what = "generation model" if kind == CHARLM else "classifier"
             if any(e.state is ModelState.LOADING for e in self._entries.values()):
-                raise ModelNotReadyError(f"<default {what}>", "loading",
+                raise ModelNotReadyError(f"<default {serving.what}>", "loading",
                                          "the repository's models are still loading")
-            raise NoDefaultModelError(what, list(self._entries))
+            raise NoDefaultModelError(serving.what, list(self._entries))
         entry = self.entry(name)
-        if entry.state is not ModelState.READY:
+        if entry.state is not ModelState.READY or entry.serving is None:
             raise ModelNotReadyError(name, entry.state.value, entry.error)
-        if entry.kind != kind:
-            wanted = "a generation model" if kind == CHARLM else "a classifier"
-            raise InvalidArgumentError("model", f"{name!r} is a {entry.kind} model, not {wanted}")
-        return entry
+        if entry.kind != serving.kind:
+            raise InvalidArgumentError(
+                "model", f"{name!r} is a {entry.kind} model, not a {serving.what}")
+        return entry.serving
 
-    def service_ready(self, kind: str) -> bool:
+    def service_ready(self, kind: ModelKind) -> bool:
         """Whether the default model of a kind serves (drives the service's health)."""
         name = self.default_name(kind)
         entry = self._entries.get(name)
         return entry is not None and entry.state is ModelState.READY
 
 
-async def run_detached(fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
-    """``fn(*args)`` in a daemon thread of its own, awaited without blocking the event loop.
+class DaemonWorker:
+    """One long-lived daemon thread that runs loads, one at a time, awaited from the event loop.
 
     Loading may take long on a big or hostile checkpoint; shutdown (SIGTERM) never waits for
-    it: cancelling the await abandons the thread, and the process exits without joining it.
+    it: cancelling the await abandons the load, and the process exits without joining the
+    thread (a ThreadPoolExecutor's threads are joined at exit). The thread is kept, not started
+    per load: a thread that ran torch and exits can leave its OpenMP team spinning.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[LoadedModel] = loop.create_future()
 
-    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Callable[..., None]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
 
-    def work() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
-            result, error = None, err
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:
-            pass  # the event loop is gone (shutdown): nobody waits any more
+    def _run(self) -> None:
+        while True:
+            work, done = self._jobs.get()
+            try:
+                result, error = work(), None
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+                result, error = None, err
+            try:
+                done(result, error)
+            except RuntimeError:
+                pass  # the event loop is gone (shutdown): nobody waits any more
 
-    threading.Thread(target=work, name="rnnserve-loader", daemon=True).start()
-    return await future
+    async def run(self, fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
+        """``fn(*args)`` on the worker thread; the event loop stays free meanwhile."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LoadedModel] = loop.create_future()
+
+        def settle(result: LoadedModel | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put((lambda: fn(*args),
+                        lambda result, error: loop.call_soon_threadsafe(settle, result, error)))
+        return await future
 
 
 def describe(loaded: LoadedModel) -> str:
-    """A short architecture summary, such as 'lstm 2x256'."""
-    arch = loaded.config.get("architecture", {})
-    if loaded.kind == CHARLM:
-        return f"{arch.get('cell', '?')} {arch.get('num_layers', 1)}x{arch.get('num_hiddens', '?')}"
-    bi = "bi" if arch.get("bidirectional") else ""
-    return f"sentiment {bi}lstm {arch.get('no_layers', 1)}x{arch.get('hidden_dim', '?')}"
+    """A short architecture summary, such as 'lstm 2x256' (the kind's words)."""
+    return kind_spec(loaded.kind).describe(loaded.config)
 
 
 def numeric_metrics(config: dict) -> dict[str, float]:
@@ -493,20 +503,13 @@ def describe_entry(entry: ModelEntry, is_default: bool) -> ModelDescription:
     return ModelDescription(
         name=entry.name,
         version=entry.version,
-        kind=entry.kind,
+        kind=entry.kind.value if entry.kind is not None else "",
         state=entry.state.value,
         error=entry.error,
         device=entry.device,
         is_default=is_default,
         architecture=describe(loaded) if loaded else "",
-        vocab_size=len(loaded.vocab) if loaded else 0,
+        vocab_size=kind_spec(loaded.kind).vocab_size(loaded.config) if loaded else 0,
         parameters=loaded.num_parameters if loaded else 0,
         metrics=numeric_metrics(loaded.config) if loaded else {},
     )
-
-
-def _pending(runner: Runner) -> int:
-    """Requests still using a runner."""
-    if isinstance(runner, GenerationEngine):
-        return runner.active
-    return runner.in_flight

@@ -50,7 +50,8 @@ class Session:
     model: str
     version: int
     state: torch.Tensor | None = None  # (S, L, H) on the model's device; None until first request
-    pending: int = 0  # index of the last character of the text: the next step's input
+    pending: int | torch.Tensor = 0  # the next step's input: the text's last character index
+    # (charlm), or the last predicted point, (F,) in the model's space (forecast)
     total_tokens: int = 0
     created_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)

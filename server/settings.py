@@ -89,6 +89,9 @@ class ServerSettings(BaseSettings):
         "", description="Model used when a Classify request names none ('' = the first "
         "classifier ready at start, by name, kept while it is loaded).",
     )
+    default_forecaster: str = Field(
+        "", description="Model used when a Forecast request names none ('' = first forecaster)."
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
     max_checkpoint_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest model.pt accepted, in bytes (checked before reading)."
@@ -118,6 +121,20 @@ class ServerSettings(BaseSettings):
     )
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
+    )
+
+    # --- forecasting ---------------------------------------------------------------------------
+    max_horizon: int = Field(4096, ge=1, description="Largest horizon (points) a Forecast may ask.")
+    max_series_points: int = Field(
+        65536, ge=1, description="Most observed values (points x features) one Forecast may send."
+    )
+    forecast_batch_invariant: bool = Field(
+        True, description="Run each forecast row with batch-1 kernels (the seed's numbers, "
+        "identical alone or batched); false: one batched call per step, faster, last bits may "
+        "depend on batch mates.",
+    )
+    max_active_forecasts: int = Field(
+        512, ge=1, description="Forecasts running or queued per model; past it RESOURCE_EXHAUSTED."
     )
 
     # --- sessions ------------------------------------------------------------------------------
@@ -174,6 +191,7 @@ class ServerSettings(BaseSettings):
 DEFAULT_MODEL_FIELDS = {
     "charlm": "default_generation_model",
     "classifier": "default_classifier",
+    "forecast": "default_forecaster",
 }
 """Model kind -> the setting naming its default model (a new kind adds one row and one field)."""
 

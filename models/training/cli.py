@@ -2,6 +2,8 @@
 
     python -m rnnserve.models.training.cli charlm --corpus FILE --out DIR [options]
     python -m rnnserve.models.training.cli sentiment --pos FILE --neg FILE --out DIR [options]
+    python -m rnnserve.models.training.cli forecast --wave sine --out DIR [options]
+    python -m rnnserve.models.training.cli forecast --series FILE.csv --out DIR [options]
 
 ``--out`` is the version directory (e.g. ``model_repository/timemachine/1``); it receives
 ``config.json`` (architecture, vocab, text settings, the exact command line and arguments, and
@@ -92,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--neg", required=True, type=Path, help="negative sentences, one per line")
     _add_dataclass_args(s, SentimentTrainConfig)
     _common_args(s)
+    from .forecast import ForecastTrainConfig
+
+    f = sub.add_parser("forecast", help="sequence forecaster (seed 002 Net)")
+    data = f.add_mutually_exclusive_group()
+    data.add_argument("--wave", choices=["sine"], default=None,
+                      help="the seed's synthetic windows (the default)")
+    data.add_argument("--series", type=Path, default=None,
+                      help="CSV file of a series: one row per point, numeric columns = features")
+    f.add_argument("--columns", default="",
+                   help="with --series: comma-separated column names or indexes (default: all)")
+    _add_dataclass_args(f, ForecastTrainConfig)
+    _common_args(f)
     return parser
 
 
@@ -185,6 +199,46 @@ def _run_sentiment(argv: list[str], args: argparse.Namespace) -> dict:
     return config["metrics"]
 
 
+def _run_forecast(argv: list[str], args: argparse.Namespace) -> dict:
+    from .forecast import (
+        ForecastTrainConfig,
+        forecast_config_json,
+        read_series,
+        train_series,
+        train_sine,
+    )
+
+    cfg = ForecastTrainConfig(
+        **{f.name: getattr(args, f.name) for f in fields(ForecastTrainConfig)}
+    )
+    name, version = _name_version(args.out, args.name)
+    threads = set_threads(args.threads)
+    device = select_device(args.device)
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    if args.series is not None:
+        columns = [c for c in args.columns.split(",") if c] or None
+        try:
+            series = read_series(args.series, columns)
+            result = train_series(series, cfg, device=device,
+                                  show_progress=not args.no_progress)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        data = {"series": str(args.series), "sha256": file_sha256(args.series),
+                "points": len(series), "features": series.shape[1]}
+    else:
+        result = train_sine(cfg, device=device, show_progress=not args.no_progress)
+        data = {"wave": "sine", "window": cfg.window, "span": cfg.span, "offsets": cfg.offsets}
+    training = _training_record(argv, args, device, threads, data)
+    training["train_seconds"] = round(time.perf_counter() - start, 1)
+    config = forecast_config_json(result, name, version, training)
+    save_model(args.out, result.model, config)
+    return config["metrics"]
+
+
+_RUNS = {"charlm": _run_charlm, "sentiment": _run_sentiment, "forecast": _run_forecast}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` = the arguments after ``train`` (``charlm ...``|``sentiment ...``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -195,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    run = _run_charlm if args.task == "charlm" else _run_sentiment
+    run = _RUNS[args.task]
     metrics = run(argv, args)
     print(json.dumps({"out": str(args.out), "metrics": metrics}, indent=2))
     return 0

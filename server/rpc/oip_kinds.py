@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from rnnserve.models.kinds import ModelKind
 from rnnserve.server.classification import Classifier
 from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.errors import InvalidArgumentError
-from rnnserve.server.registry import CHARLM, CLASSIFIER
 from rnnserve.server.requests import GenerateParams
 from rnnserve.server.rpc.tensors import Tensors, TensorSpec
 from rnnserve.server.sequences import SequenceFlags, Sequences
@@ -120,12 +120,12 @@ def _one(name: str, datatype: str, optional: bool = True) -> TensorSpec:
 
 
 KINDS: dict[str, KindTensors] = {
-    CLASSIFIER: KindTensors(
+    ModelKind.CLASSIFIER: KindTensors(
         inputs=(TensorSpec("text", "BYTES", (-1,)),),
         outputs=(TensorSpec("score", "FP32", (-1,)), TensorSpec("label", "BYTES", (-1,))),
         run=_classify, join=_only, decoupled=False,
     ),
-    CHARLM: KindTensors(
+    ModelKind.CHARLM: KindTensors(
         inputs=(
             _one("text_input", "BYTES", optional=False),
             _one("max_tokens", "INT32"),
