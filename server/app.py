@@ -124,7 +124,7 @@ class RnnServer:
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(Backends(self.classifier, self.sequences), self.registry,
+            InferenceServicer(Backends(self.classifier, self.sequences, self.forecasting), self.registry,
                               self.metrics, self.ready), server)
         services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE,
                     INFERENCE_SERVICE]

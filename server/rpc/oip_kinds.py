@@ -5,7 +5,9 @@
 - charlm: input ``text_input`` BYTES [1], optional ``max_tokens`` INT32 [1] (0 or absent: the
   server default), ``temperature`` FP32 [1], ``top_k`` INT32 [1], ``top_p`` FP32 [1], ``seed``
   UINT64 [1], ``stop`` BYTES [k]; output ``text_output`` BYTES [1] (Generate's text). The
-  sequence parameters continue sessions (:mod:`rnnserve.server.sequences`).
+  sequence parameters continue sessions (:mod:`rnnserve.server.sequences`);
+- forecast: inputs ``series`` FP32 [T] (the observed points) and ``horizon`` INT32 [1]; output
+  ``values`` FP32 [horizon] (Forecast's values; no sequences over this protocol yet).
 
 Each entry says what ModelMetadata advertises and how the tensors become one call into the
 serving logic (:class:`Backends`) and back. ``run`` yields pieces of the answer, each with
@@ -25,7 +27,8 @@ from rnnserve.models.kinds import ModelKind
 from rnnserve.server.classification import Classifier
 from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.errors import InvalidArgumentError
-from rnnserve.server.requests import GenerateParams
+from rnnserve.server.forecasting import Forecasting
+from rnnserve.server.requests import ForecastParams, GenerateParams
 from rnnserve.server.rpc.tensors import Tensors, TensorSpec
 from rnnserve.server.sequences import SequenceFlags, Sequences
 
@@ -36,6 +39,7 @@ class Backends:
 
     classifier: Classifier
     sequences: Sequences
+    forecasting: Forecasting
 
 
 Piece = tuple[Tensors, bool]
@@ -97,6 +101,24 @@ def _concatenate(pieces: list[Tensors]) -> Tensors:
     return {"text_output": [b"".join(p["text_output"][0] for p in pieces)]}
 
 
+# --- forecasters ------------------------------------------------------------------------------
+async def _forecast(b: Backends, model: str, x: Tensors, seq: SequenceFlags
+                    ) -> AsyncIterator[Piece]:
+    _no_sequence(seq, "forecasters over this protocol")
+    horizon = _scalar(x, "horizon", 0)
+    if horizon < 0:
+        raise InvalidArgumentError("horizon", "must not be negative")
+    params = ForecastParams(model=model, series=tuple(float(v) for v in x["series"]),
+                            horizon=int(horizon))
+    async with contextlib.aclosing(b.forecasting.forecast(params)) as chunks:
+        async for chunk in chunks:
+            yield {"values": np.array(chunk.values, dtype=np.float32)}, chunk.done
+
+
+def _values(pieces: list[Tensors]) -> Tensors:
+    return {"values": np.concatenate([p["values"] for p in pieces])}
+
+
 def _text(name: str, value: bytes) -> str:
     try:
         return value.decode("utf-8")
@@ -140,3 +162,8 @@ KINDS: dict[str, KindTensors] = {
     ),
 }
 """The tensor conventions of every kind the protocol serves, by kind name."""
+KINDS[ModelKind.FORECAST] = KindTensors(
+    inputs=(TensorSpec("series", "FP32", (-1,)), _one("horizon", "INT32", optional=False)),
+    outputs=(TensorSpec("values", "FP32", (-1,)),),
+    run=_forecast, join=_values, decoupled=True,
+)

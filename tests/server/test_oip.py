@@ -329,3 +329,14 @@ async def test_an_expired_sequence_is_not_found_and_its_id_freed(make_server):
             messages.append(info.value.message())
         assert "sequence 's' has ended" in messages[0] and "expired" in messages[0]
         assert "is not open for this client" in messages[1]
+
+
+async def test_a_forecast_equals_rnnserve_v1(server, aclient: AsyncClient):
+    series = [float(np.sin(0.1 * i)) for i in range(40)]
+    want = await aclient.forecast(series, 10, model="sine")
+    async with triton_aio.InferenceServerClient(server.target) as client:
+        points = triton.InferInput("series", [len(series)], "FP32")
+        points.set_data_from_numpy(np.array(series, dtype=np.float32))
+        got = await client.infer("sine", [points, scalar_input("horizon", 10, "INT32")])
+    values = got.as_numpy("values")
+    assert values.dtype == np.float32 and values.tolist() == list(want.values)
