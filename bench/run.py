@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import load, machine, oip, report
+from bench import invariance, load, machine, oip, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-max-tokens", type=int, default=100)
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
-    p.add_argument("--skip", default="", help="comma list of: engine, server, sessions")
+    p.add_argument("--skip", default="",
+                   help="comma list of: engine, server, sessions, invariance")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -152,11 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                     results["server"][mode]["oip"] = asyncio.run(oip.compare(
                         server.target, 64, a.duration, a.warmup, review_texts(),
                         lambda: machine.cpu_seconds(server.pid)))
+    if "invariance" not in skip:
+        _log("batch invariance: invariant vs --batch-invariant=false")
+        results["invariance"] = invariance.run(
+            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
     results["targets"] = report.targets(results) + oip.targets(results)
     report.write_json(results, a.out)
     print(report.markdown(results))
+    if "invariance" in results:
+        print(invariance.markdown(results["invariance"]))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
     return 0
 

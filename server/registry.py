@@ -318,6 +318,8 @@ class ModelRegistry:
         if serving is None:
             raise ValueError(f"this server does not serve {loaded.kind} models")
         executor = self._executors.for_device(self.device)
+        if hasattr(loaded.module, "batch_invariant"):  # char LMs and classifiers
+            loaded.module.batch_invariant = self._settings.batch_invariant
         runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
         await runner.start()
         return runner
