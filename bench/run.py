@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import engine_cells, invariance, load, machine, report
+from bench import engine_cells, invariance, load, machine, oip, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
+                if classify and mode == "on":  # Classify over the Open Inference Protocol
+                    _log("  Classify c=64, Open Inference Protocol vs rnnserve.v1")
+                    results["server"][mode]["oip"] = asyncio.run(oip.compare(
+                        server.target, 64, a.duration, a.warmup, review_texts(),
+                        lambda: machine.cpu_seconds(server.pid)))
     if "invariance" not in skip:
         _log("batch invariance: invariant vs --batch-invariant=false")
         results["invariance"] = invariance.run(
@@ -174,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             a.torch_threads, a.device)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
-    results["targets"] = report.targets(results) + engine_cells.targets(
-        results.get("engine_cells", {}))
+    results["targets"] = (report.targets(results)
+                          + engine_cells.targets(results.get("engine_cells", {}))
+                          + oip.targets(results))
     report.write_json(results, a.out)
     print(report.markdown(results))
     if "invariance" in results:

@@ -1,7 +1,9 @@
 """The composition root: settings → metrics → registry, sessions → serving logic → gRPC server.
 
-Security wiring lives here too: TLS credentials (``rpc/tls.py``), the auth and default-deadline
-interceptors (``rpc/interceptors.py``), and the AdminService, registered only when enabled.
+The Open Inference Protocol's ``inference.GRPCInferenceService`` (``rpc/oip.py``) is served on
+the same server, beside rnnserve.v1. Security wiring lives here too: TLS credentials
+(``rpc/tls.py``), the auth and default-deadline interceptors (``rpc/interceptors.py``), and the
+AdminService, registered only when enabled.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.registry import ModelRegistry, ModelState
 from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
+from rnnserve.server.rpc.oip import InferenceServicer
+from rnnserve.server.rpc.oip_kinds import Backends
 from rnnserve.server.rpc.servicers import (
     AdminServicer,
     ClassificationServicer,
@@ -32,6 +36,7 @@ from rnnserve.server.rpc.servicers import (
 )
 from rnnserve.server.rpc.status import set_replica
 from rnnserve.server.rpc.tls import server_credentials
+from rnnserve.server.sequences import Sequences
 from rnnserve.server.settings import ServerSettings
 from rnnserve.server.store import make_session_store
 from rnnserve.v1 import (
@@ -46,6 +51,7 @@ from rnnserve.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SESSION_STORE_HEALTH = "rnnserve.session_store"
 """Health service name that reports the session store: NOT_SERVING while Redis is unreachable."""
+INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+DATA_PLANE_HEALTH = ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE,
+                     INFERENCE_SERVICE)
+"""Health service names that go NOT_SERVING while the server starts and when its device is lost."""
 SERVING_KINDS = (GENERATION, CLASSIFICATION, FORECASTING)  # every kind of model this server serves
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -76,6 +86,7 @@ class RnnServer:
                                       on_device_lost=self._device_lost)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
+        self.sequences = Sequences(self.generator, settings.max_sessions)
         self.forecasting = Forecasting(self.registry, self.sessions, settings, self.metrics)
         self.health = BoundedHealthServicer(settings.max_health_watches)
         self.port = settings.port
@@ -123,7 +134,11 @@ class RnnServer:
             ForecastServicer(self.forecasting, self.registry, self.metrics), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
-        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE]
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(Backends(self.classifier, self.sequences, self.forecasting), self.registry,
+                              self.metrics, self.ready), server)
+        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE,
+                    INFERENCE_SERVICE]
         if s.admin_enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(self.registry, self.metrics), server)
@@ -139,8 +154,7 @@ class RnnServer:
             self.port = server.add_secure_port(address, credentials)
         else:
             self.port = server.add_insecure_port(address)
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE,
-                        MODEL_SERVICE, SESSION_STORE_HEALTH):
+        for service in (*DATA_PLANE_HEALTH, SESSION_STORE_HEALTH):
             await self.health.set(service, NOT_SERVING)
         await self.sessions.start()
         await self._store_health()
@@ -180,7 +194,7 @@ class RnnServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def _not_serving(self) -> None:
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
+        for service in DATA_PLANE_HEALTH:
             await self.health.set(service, NOT_SERVING)
 
     async def _poll(self) -> None:
@@ -191,13 +205,17 @@ class RnnServer:
             except Exception:  # noqa: BLE001 - a bad poll must not end polling
                 logger.exception("polling the model repository failed")
 
+    def ready(self) -> bool:
+        """Whether the server serves: the repository's first load is over and a model is ready."""
+        return self._loaded and any(e.state is ModelState.READY for e in self.registry.entries())
+
     async def _update_health(self) -> None:
         if self.device_lost.is_set():
             return  # NOT_SERVING until the process is replaced
-        entries = self.registry.entries()
         # the whole server serves once every model of the repository has had its first load
-        any_ready = self._loaded and any(e.state is ModelState.READY for e in entries)
+        any_ready = self.ready()
         await self.health.set("", SERVING if any_ready else NOT_SERVING)
+        await self.health.set(INFERENCE_SERVICE, SERVING if any_ready else NOT_SERVING)
         await self.health.set(MODEL_SERVICE, SERVING)
         await self.health.set(
             GENERATION_SERVICE,

@@ -42,12 +42,14 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "rnnserve_requests_total", "RPCs finished, by method, model and status code.",
-            ["method", "model", "code"], registry=r,
+            "rnnserve_requests_total",
+            "RPCs finished, by method, model, status code and protocol (rnnserve or oip).",
+            ["method", "model", "code", "protocol"], registry=r,
         )
         self.request_duration = Histogram(
-            "rnnserve_request_duration_seconds", "RPC latency from arrival to the last byte sent.",
-            ["method", "model"], buckets=LATENCY_BUCKETS, registry=r,
+            "rnnserve_request_duration_seconds",
+            "RPC latency from arrival to the last byte sent, by method, model and protocol.",
+            ["method", "model", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.in_flight = Gauge(
             "rnnserve_requests_in_flight", "RPCs being served now.", ["method"], registry=r,

@@ -55,8 +55,10 @@ def set_replica(name: str) -> None:
 def replica() -> str:
     """The value this process sends as :data:`REPLICA_KEY`."""
     return _replica[0]
+DEFAULT_PROTOCOL = "rnnserve"
+"""The ``protocol`` label of rnnserve.v1 calls (a servicer's ``protocol`` attribute overrides it)."""
 
-FIELD_LIMITS = {"model": 64, "name": 64, "session_id": 128}
+FIELD_LIMITS = {"model": 64, "name": 64, "session_id": 128, "model_name": 64}
 """Longest value of every id/name field of any request (characters). Model names match
 ``NAME_RE`` (64 at most); session ids are server-made (24)."""
 
@@ -108,8 +110,9 @@ class CallDeadline:
 class CallRecord:
     """What one call did, for its log line and metrics."""
 
-    def __init__(self, method: str, model: str, rid: str) -> None:
-        self.method, self.model, self.rid = method, model, rid
+    def __init__(self, method: str, model: str, rid: str, protocol: str = DEFAULT_PROTOCOL
+                 ) -> None:
+        self.method, self.model, self.rid, self.protocol = method, model, rid, protocol
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
 
@@ -123,8 +126,8 @@ class CallRecord:
     def finish(self, metrics: Metrics) -> None:
         seconds = time.perf_counter() - self.started
         code = self.code.name
-        metrics.requests.labels(self.method, self.model, code).inc()
-        metrics.request_duration.labels(self.method, self.model).observe(seconds)
+        metrics.requests.labels(self.method, self.model, code, self.protocol).inc()
+        metrics.request_duration.labels(self.method, self.model, self.protocol).observe(seconds)
         logger.info(
             "%s %s model=%s status=%s duration_ms=%.2f", self.rid, self.method, self.model or "-",
             code, seconds * 1000,
@@ -148,7 +151,8 @@ async def _abort(context: grpc.aio.ServicerContext, record: CallRecord, exc: Bas
 async def _boundary(servicer: Any, method: str, request: Any,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[CallRecord]:
     """One call's record, in-flight gauge, error sorting, log line and metrics."""
-    record = CallRecord(method, servicer.model_label(request), request_id(context))
+    record = CallRecord(method, servicer.model_label(request), request_id(context),
+                        getattr(servicer, "protocol", DEFAULT_PROTOCOL))
     call_bound.set(CallDeadline(context))  # the serving logic checks it at commit time
     servicer.metrics.in_flight.labels(method).inc()
     try:
@@ -171,7 +175,8 @@ async def _boundary(servicer: Any, method: str, request: Any,
 def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a servicer method (unary coroutine or server-streaming async generator).
 
-    The servicer must have ``metrics: Metrics`` and ``model_label(request) -> str``.
+    The servicer must have ``metrics: Metrics`` and ``model_label(request) -> str``, and may
+    have ``protocol: str`` (the metrics' ``protocol`` label, default ``rnnserve``).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:

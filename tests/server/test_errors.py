@@ -253,7 +253,7 @@ async def test_the_client_retries_unavailable_then_reports_it(make_server, metri
         with pytest.raises(UnavailableError):
             await client.generate("time", model="broken", max_tokens=5)
     view = await metrics_of(server)
-    assert view.value("rnnserve_requests_total", method="Generate", model="broken",
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model="broken",
                       code="UNAVAILABLE") == 3  # the first attempt and two retries
 
 
@@ -294,9 +294,9 @@ async def test_internal_errors_carry_a_request_id_and_no_traceback(server, conne
         assert (await client.generate("time", max_tokens=4)).generated_tokens == 4
         assert await client.health() == "SERVING"
     view = await metrics_of(server)
-    assert view.value("rnnserve_requests_total", method="Classify", model="sentiment",
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Classify", model="sentiment",
                       code="INTERNAL") == 1
-    assert view.value("rnnserve_requests_total", method="Generate", model="timemachine",
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model="timemachine",
                       code="INTERNAL") == 2
 
 

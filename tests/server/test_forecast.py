@@ -80,7 +80,8 @@ async def test_forecast_equals_the_seed_stream_and_sessions(server, aclient: Asy
     points = "rnnserve_forecast_points_total"
     assert view.value(points, model="sine", phase="predicted") == 40 + 40 + 5 + 7 + 3 + 2
     assert view.value(points, model="sine", phase="observed") == 30 + 30 + 12 + 8 + 2
-    assert view.value("rnnserve_requests_total", method="Forecast", model="sine", code="OK") == 5
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Forecast",
+                      model="sine", code="OK") == 5
 
 
 @pytest.mark.parametrize("invariant", [True, False])

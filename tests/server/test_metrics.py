@@ -12,7 +12,8 @@ MODEL = "timemachine"
 
 async def test_metrics_count_the_traffic(server, aclient, metrics_of, timemachine_config):
     before = await metrics_of(server)
-    assert before.value("rnnserve_requests_total", method="Generate", model=MODEL, code="OK") == 0
+    assert before.value("rnnserve_requests_total", protocol="rnnserve", method="Generate",
+                        model=MODEL, code="OK") == 0
 
     lengths = [10, 20, 30]
     for n in lengths:
@@ -30,22 +31,23 @@ async def test_metrics_count_the_traffic(server, aclient, metrics_of, timemachin
     generated = sum(lengths) + 15 + 3 * 7 + len(stopped.text)
 
     view = await metrics_of(server)
-    ok = view.value("rnnserve_requests_total", method="Generate", model=MODEL, code="OK")
+    ok = view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model=MODEL, code="OK")
     assert ok == len(lengths) + 3 + 1
-    assert view.value("rnnserve_requests_total", method="GenerateStream", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="GenerateStream", model=MODEL,
                       code="OK") == 1
-    assert view.value("rnnserve_requests_total", method="Generate", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model=MODEL,
                       code="INVALID_ARGUMENT") == 2
-    assert view.value("rnnserve_requests_total", method="Generate", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model=MODEL,
                       code="NOT_FOUND") == 1
-    assert view.value("rnnserve_requests_total", method="EndSession", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="EndSession", model=MODEL,
                       code="OK") == 1
     assert view.value("rnnserve_generated_tokens_total", model=MODEL) == generated
     assert view.value("rnnserve_prefix_tokens_total", model=MODEL) == (
         3 * len("the time") + len("time") + 3 * len("time") + len("the time traveller"))
     # every successful generation saw its first token once
     assert view.value("rnnserve_time_to_first_token_seconds_count", model=MODEL) == ok + 1
-    assert view.value("rnnserve_request_duration_seconds_count", method="Generate",
+    assert view.value("rnnserve_request_duration_seconds_count", protocol="rnnserve",
+                      method="Generate",
                       model=MODEL) == ok + 3
     assert view.value("rnnserve_stream_messages_total", model=MODEL) == len(streamed)
     assert view.value("rnnserve_requests_in_flight", method="Generate") == 0
@@ -80,9 +82,9 @@ async def test_classification_and_batch_metrics(server, aclient, metrics_of):
         await aclient.classify([])
     view = await metrics_of(server)
     assert view.value("rnnserve_classified_texts_total", model="sentiment") == 8
-    assert view.value("rnnserve_requests_total", method="Classify", model="sentiment",
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Classify", model="sentiment",
                       code="OK") == 6
-    assert view.value("rnnserve_requests_total", method="Classify", model="sentiment",
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Classify", model="sentiment",
                       code="INVALID_ARGUMENT") == 1
     assert view.value("rnnserve_batch_size_sum", model="sentiment", engine="classification") == 8
     assert view.value("rnnserve_model_ready", model="sentiment") == 1
@@ -110,9 +112,9 @@ async def test_cancelled_generations_and_rejections_are_counted(make_server, con
             raise AssertionError("the cancelled stream was never counted")
     view = await metrics_of(server)
     assert view.value("rnnserve_rejected_total", model=MODEL, limit="generations") == 1
-    assert view.value("rnnserve_requests_total", method="Generate", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model=MODEL,
                       code="RESOURCE_EXHAUSTED") == 1
-    assert view.value("rnnserve_requests_total", method="GenerateStream", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="GenerateStream", model=MODEL,
                       code="CANCELLED") == 1
     assert view.value("rnnserve_active_generations", model=MODEL) == 0
 

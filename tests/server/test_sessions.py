@@ -314,5 +314,5 @@ async def test_a_deadline_on_a_session_turn_leaves_the_session_as_it_was(make_se
             lambda: client.generate(" fast", session_id=opened.session_id, max_tokens=10))
         assert cont.text == await stateless(client, "the time" + opened.text + " fast", 10)
     view = await metrics_of(server)
-    assert view.value("rnnserve_requests_total", method="Generate", model=MODEL,
+    assert view.value("rnnserve_requests_total", protocol="rnnserve", method="Generate", model=MODEL,
                       code="DEADLINE_EXCEEDED") == 1
