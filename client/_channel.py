@@ -3,6 +3,11 @@
 Retries are gRPC's own (transparent to the caller): a call that fails with UNAVAILABLE before
 the server sent any response message is retried with exponential backoff, up to ``retries``
 more attempts. gRPC caps attempts at 5, so ``retries`` above 4 behaves like 4.
+
+Load balancing is gRPC's client-side ``round_robin``: a target that resolves to several
+addresses — ``dns:///rnnserve:50051`` (every A record) or ``ipv4:127.0.0.1:50051,127.0.0.1:50052``
+(a list) — spreads calls over all of them, and a replica that goes away is skipped. With one
+address it behaves like a plain connection.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def service_config(retries: int) -> dict[str, Any]:
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-    return {"methodConfig": [method_config]}
+    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method_config]}
 
 
 def channel_options(retries: int) -> list[tuple[str, Any]]:

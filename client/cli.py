@@ -45,7 +45,9 @@ def _connection_flags() -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         default=os.environ.get("RNNSERVE_TARGET", DEFAULT_TARGET),
-        help="server address host:port (env RNNSERVE_TARGET; default %(default)s)",
+        help="server address host:port, or several replicas, balanced round robin: "
+        "dns:///host:port (every address of the name) or ipv4:h1:p1,h2:p2 "
+        "(env RNNSERVE_TARGET; default %(default)s)",
     )
     group.add_argument(
         "--timeout",

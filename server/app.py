@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import grpc
 import torch
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from rnnserve.server.classification import Classifier
+from rnnserve.server.errors import RnnserveError
 from rnnserve.server.generation import Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
@@ -26,9 +28,10 @@ from rnnserve.server.rpc.servicers import (
     GenerationServicer,
     ModelServicer,
 )
+from rnnserve.server.rpc.status import set_replica
 from rnnserve.server.rpc.tls import server_credentials
-from rnnserve.server.sessions import SessionStore
 from rnnserve.server.settings import ServerSettings
+from rnnserve.server.store import make_session_store
 from rnnserve.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -48,6 +51,8 @@ CLASSIFICATION_SERVICE = (
 )
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+SESSION_STORE_HEALTH = "rnnserve.session_store"
+"""Health service name that reports the session store: NOT_SERVING while Redis is unreachable."""
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -58,8 +63,7 @@ class RnnServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, self.metrics,
-                                     max_per_owner=settings.max_sessions_per_client)
+        self.sessions = make_session_store(settings, self.metrics)
         self.registry = ModelRegistry(settings, self.metrics, on_change=self._models_changed,
                                       on_retire=self.sessions.drop_model_version)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
@@ -91,12 +95,13 @@ class RnnServer:
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
+        set_replica(f"{s.replica_name}/{os.getpid()}")
         credentials = server_credentials(s)
         server = grpc.aio.server(interceptors=build_interceptors(s), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ])
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.generator, self.registry, self.metrics), server)
@@ -120,8 +125,11 @@ class RnnServer:
             self.port = server.add_secure_port(address, credentials)
         else:
             self.port = server.add_insecure_port(address)
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE):
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
+                        SESSION_STORE_HEALTH):
             await self.health.set(service, NOT_SERVING)
+        await self.sessions.start()
+        await self._store_health()
         await server.start()
         self._server = server
         if s.metrics_port >= 0:
@@ -163,10 +171,19 @@ class RnnServer:
             CLASSIFICATION_SERVICE,
             SERVING if self.registry.service_ready(CLASSIFIER) else NOT_SERVING)
 
+    async def _store_health(self) -> None:
+        up = getattr(self.sessions, "up", True)
+        await self.health.set(SESSION_STORE_HEALTH, SERVING if up else NOT_SERVING)
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.settings.session_sweep_interval_s)
-            expired = self.sessions.expire()
+            try:
+                expired = await self.sessions.sweep()
+            except RnnserveError as err:  # the store is down: logged and counted by the store
+                logger.debug("session sweep: %s", err)
+                expired = 0
+            await self._store_health()
             if expired:
                 logger.info("expired %d idle sessions", expired)
 
@@ -185,6 +202,7 @@ class RnnServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.registry.stop()
+        await self.sessions.stop()
         self._metrics_http.stop()
 
     async def wait_for_termination(self) -> None:

@@ -10,6 +10,7 @@
     ├── ResourceExhaustedError      an admission limit is reached
     ├── ModelNotReadyError          the model is loading or failed to load
     ├── ModelLoadError              an admin load/reload was refused (the old version serves on)
+    ├── SessionStoreUnavailableError  the shared session store (Redis) does not answer
     └── CancelledError              the client went away or the deadline passed
 
 Nothing outside this tree reaches a client with its message: any other exception becomes INTERNAL
@@ -59,6 +60,7 @@ class SessionGoneReason(StrEnum):
 
     UNKNOWN = "unknown"
     EXPIRED = "expired"
+    EXPIRED_OR_EVICTED = "expired_or_evicted"  # Redis store: its expiry and eviction look alike
     EVICTED = "evicted"
     ENDED = "ended"
     UNLOADED = "unloaded"
@@ -67,6 +69,8 @@ class SessionGoneReason(StrEnum):
 _REASON_TEXT = {
     SessionGoneReason.UNKNOWN: "is unknown to this server (never issued, or the server restarted)",
     SessionGoneReason.EXPIRED: "expired after being idle longer than the session TTL",
+    SessionGoneReason.EXPIRED_OR_EVICTED: "expired after being idle longer than the session TTL, "
+    "or was evicted by the session store's memory policy",
     SessionGoneReason.EVICTED: "was evicted (least recently used) to stay under the session cap",
     SessionGoneReason.ENDED: "was ended by EndSession",
     SessionGoneReason.UNLOADED: "belongs to a model version that is no longer loaded",
@@ -102,6 +106,16 @@ class ModelLoadError(RnnserveError):
     def __init__(self, name: str, version: int, reason: str, serving: int = 0) -> None:
         still = f"; version {serving} keeps serving" if serving else ""
         super().__init__(f"model {name!r} version {version} was refused: {reason}{still}")
+
+
+class SessionStoreUnavailableError(RnnserveError):
+    """The shared session store cannot be reached: session requests fail, stateless ones work."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"session store unavailable ({detail}); requests with session_id or keep_session "
+            "fail until it is back, requests without a session are served"
+        )
 
 
 class CancelledError(RnnserveError):

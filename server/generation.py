@@ -23,8 +23,9 @@ from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.registry import CHARLM, ModelEntry, ModelRegistry
 from rnnserve.server.requests import GenerateParams, GenerationChunk
-from rnnserve.server.sessions import Session, SessionStore
+from rnnserve.server.sessions import Session
 from rnnserve.server.settings import ServerSettings
+from rnnserve.server.store import SessionStoreBackend
 
 MAX_TEMPERATURE = 100.0
 
@@ -32,7 +33,7 @@ MAX_TEMPERATURE = 100.0
 class Generator:
     """The serving logic behind the GenerationService."""
 
-    def __init__(self, registry: ModelRegistry, sessions: SessionStore,
+    def __init__(self, registry: ModelRegistry, sessions: SessionStoreBackend,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self._registry = registry
         self._sessions = sessions
@@ -61,7 +62,7 @@ class Generator:
     async def generate(self, params: GenerateParams) -> AsyncIterator[GenerationChunk]:
         """Run one generation; yields chunks as the engine produces them (coalesced)."""
         max_tokens = self.validate(params)
-        entry, session, fresh = self._open(params)
+        entry, session, fresh = await self._open(params)
         try:
             loaded = entry.loaded
             assert loaded is not None and entry.engine is not None
@@ -70,14 +71,14 @@ class Generator:
             if session is not None and session.state is not None:
                 feed = [session.pending, *ids[:-1]] if ids else []
                 pending = ids[-1] if ids else session.pending
-                state = session.state
+                state = session.state.to(loaded.device)  # the Redis store hands back CPU
             else:
                 feed, pending, state = ids[:-1], ids[-1], None
             job = GenerationJob(feed=feed, pending=pending, state=state,
                                 max_tokens=max_tokens, options=params.options)
             entry.engine.submit(job)
         except BaseException:
-            self._close(session, fresh, None)
+            await self._close(session, fresh, None)
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
@@ -97,12 +98,12 @@ class Generator:
                     return
         finally:
             job.cancelled = not completed
-            self._close(session, fresh, job if completed else None, len(ids))
+            await self._close(session, fresh, job if completed else None, len(ids))
 
-    def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
+    async def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
         if params.session_id:
-            session = self._sessions.acquire(params.session_id)
+            session = await self._sessions.acquire(params.session_id)
             try:
                 if params.model and params.model != session.model:
                     raise InvalidArgumentError(
@@ -111,36 +112,37 @@ class Generator:
                     )
                 entry = self._registry.ready(session.model, CHARLM)
                 if entry.version != session.version:
-                    self._sessions.drop_model_version(session.model, session.version)
+                    await self._sessions.remove_unloaded(session)
                     raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
             except BaseException:
-                self._sessions.release(session)
+                await self._sessions.release(session)
                 raise
             return entry, session, False
         entry = self._registry.ready(params.model, CHARLM)
         if params.keep_session:
-            return entry, self._sessions.open(entry.name, entry.version, current_client()), True
+            session = await self._sessions.open(entry.name, entry.version, current_client())
+            return entry, session, True
         return entry, None, False
 
-    def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
+    async def _close(self, session: Session | None, fresh: bool, job: GenerationJob | None,
                prefix_tokens: int = 0) -> None:
         """Store a finished job's state in its session; a failed request changes nothing."""
         if session is None:
             return
         if job is None:
             if fresh:
-                self._sessions.discard(session)
+                await self._sessions.discard(session)
             else:
-                self._sessions.release(session)
+                await self._sessions.release(session)
             return
-        self._sessions.release(session, job.final_state, job.final_pending,
+        await self._sessions.release(session, job.final_state, job.final_pending,
                                added_tokens=prefix_tokens + job.generated)
 
     async def end_session(self, session_id: str) -> int:
         """EndSession: drop the session; returns the characters it had seen."""
         if not session_id:
             raise InvalidArgumentError("session_id", "must not be empty")
-        return self._sessions.end(session_id).total_tokens
+        return (await self._sessions.end(session_id)).total_tokens
 
 
 def check_options(options: DecodingOptions, settings: ServerSettings) -> None:

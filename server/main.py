@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from rnnserve.server.app import build_server
 from rnnserve.server.logs import configure_logging
 from rnnserve.server.settings import ServerSettings, load_settings
+from rnnserve.server.workers import is_worker, mark_ready, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +70,12 @@ async def serve(settings: ServerSettings) -> int:
         logger.error("cannot start: %s", err)
         await server.stop(grace=0)
         return 2
-    logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host, server.port,
-                server.metrics_port)
+    if is_worker():
+        logger.info("worker ready: gRPC %s:%d", settings.host, server.port)
+        mark_ready()
+    else:
+        logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host, server.port,
+                    server.metrics_port)
     await stop.wait()
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await server.stop()
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnserve serve: invalid settings: {err}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1 and not is_worker():
+        return supervise(settings, list(sys.argv[1:] if argv is None else argv))
     return asyncio.run(serve(settings))
 
 

@@ -3,6 +3,12 @@
 Each server instance owns its own ``CollectorRegistry`` (so several servers can live in one
 process, as they do in the tests). Names follow Prometheus conventions: ``rnnserve_`` prefix,
 base units (seconds, bytes), ``_total`` counters.
+
+With ``--workers N`` every worker writes its samples to ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode) and the supervisor serves one /metrics for all of them:
+counters and histograms add up; gauges say how they combine (``multiprocess_mode``: ``livesum``
+for amounts, ``max`` for flags and store-wide values). Gauges computed at scrape time (session
+age, idle time) are per process and stay 0 in multiprocess mode.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ TOKEN_LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SESSION_AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+STORE_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
 
 
 class Metrics:
@@ -42,6 +51,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "rnnserve_requests_in_flight", "RPCs being served now.", ["method"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.time_to_first_token = Histogram(
             "rnnserve_time_to_first_token_seconds",
@@ -70,10 +80,11 @@ class Metrics:
         )
         self.active_generations = Gauge(
             "rnnserve_active_generations", "Generations decoding now.", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_depth = Gauge(
             "rnnserve_queue_depth", "Work admitted but not yet started, by model and engine.",
-            ["model", "engine"], registry=r,
+            ["model", "engine"], registry=r, multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "rnnserve_batch_size", "Sequences (or texts) per model call, by engine.",
@@ -90,10 +101,12 @@ class Metrics:
         )
         self.sessions_active = Gauge(
             "rnnserve_sessions_active", "Sessions held, by model.", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.session_state_bytes = Gauge(
             "rnnserve_session_state_bytes", "Bytes of hidden state held by sessions, by model.",
             ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.sessions_removed = Counter(
             "rnnserve_sessions_removed_total",
@@ -114,11 +127,34 @@ class Metrics:
         self.model_info = Gauge(
             "rnnserve_model_info", "Loaded model versions (value 1), with their description.",
             ["model", "version", "kind", "device", "architecture"], registry=r,
+            multiprocess_mode="max",
         )
         self.model_ready = Gauge(
             "rnnserve_model_ready", "1 when the model serves, 0 while loading or failed.",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="max",
         )
+        self.session_store_duration = Histogram(
+            "rnnserve_session_store_duration_seconds",
+            "Round trip of one session store operation (Redis only), by operation.",
+            ["op"], buckets=STORE_LATENCY_BUCKETS, registry=r,
+        )
+        self.session_store_errors = Counter(
+            "rnnserve_session_store_errors_total",
+            "Session store operations that failed, by kind (connection, timeout, response).",
+            ["kind"], registry=r,
+        )
+        self.session_store_up = Gauge(
+            "rnnserve_session_store_up",
+            "1 while the session store answers (always 1 for the memory store), else 0.",
+            registry=r, multiprocess_mode="min",
+        )
+        self.session_store_sessions = Gauge(
+            "rnnserve_session_store_sessions",
+            "Sessions in the shared store (Redis only; store-wide, the same on every worker and "
+            "replica: take max(), not sum()).",
+            registry=r, multiprocess_mode="max",
+        )
+        self.session_store_up.set(1)
 
     def set_session_age_functions(
         self, oldest_age: Callable[[], float], max_idle: Callable[[], float]

@@ -7,6 +7,7 @@ settings file (``--config`` / ``RNNSERVE_CONFIG``, JSON or TOML), then the defau
 from __future__ import annotations
 
 import json
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -120,7 +121,33 @@ class ServerSettings(BaseSettings):
         "(0 = no per-client cap; applies only when auth is on).",
     )
     session_sweep_interval_s: float = Field(
-        5.0, gt=0, description="How often expired sessions are swept."
+        5.0, gt=0, description="How often expired sessions are swept (and the store is checked)."
+    )
+    session_store: str = Field(
+        "memory", description="Where sessions live: 'memory' (this process) or a Redis URL, "
+        "redis://HOST:PORT/DB or rediss://HOST:PORT/DB (TLS), shared by workers and replicas.",
+    )
+    session_store_password: SecretStr = Field(
+        SecretStr(""), description="Redis password (prefer the environment variable or the "
+        "file to a flag; never logged).",
+    )
+    session_store_password_file: Path | None = Field(
+        None, description="File holding the Redis password (first line); wins over "
+        "session_store_password.",
+    )
+    session_lease_s: float = Field(
+        30.0, gt=0, description="Redis store: how long a request's hold on a session lasts "
+        "unless renewed; a holder that dies frees the session after this long.",
+    )
+
+    # --- scale-out -----------------------------------------------------------------------------
+    workers: int = Field(
+        1, ge=1, le=256, description="Server processes sharing the gRPC port (SO_REUSEPORT); "
+        "more than 1 needs a shared session_store.",
+    )
+    replica_name: str = Field(
+        default_factory=socket.gethostname, description="This replica's name, sent with every "
+        "response as 'x-rnnserve-replica: <replica>/<worker pid>' (default: the hostname).",
     )
 
     # --- classification ------------------------------------------------------------------------
@@ -149,6 +176,16 @@ class ServerSettings(BaseSettings):
         if self.admin_enabled and not (self.admin_token.get_secret_value()
                                        or self.admin_token_file):
             raise ValueError("admin_enabled needs admin_token or admin_token_file")
+        store = self.session_store
+        if store != "memory" and not store.startswith(("redis://", "rediss://")):
+            raise ValueError("session_store must be 'memory' or a redis:// or rediss:// URL")
+        if self.workers > 1 and store == "memory":
+            raise ValueError(
+                f"workers={self.workers} needs a shared session store: with "
+                "session_store=memory each worker would hold its own sessions and a session "
+                "could not be continued by the others; pass --session-store redis://HOST:PORT/DB "
+                "or run one worker"
+            )
         return self
 
 

@@ -31,12 +31,27 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
     (errors.SessionBusyError, grpc.StatusCode.ABORTED),
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (errors.SessionStoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (errors.RnnserveError, grpc.StatusCode.UNAVAILABLE),  # e.g. shutting down
 )
 
 REQUEST_ID_KEY = "x-request-id"
+REPLICA_KEY = "x-rnnserve-replica"
+"""Initial metadata on every rnnserve response: ``<replica name>/<worker pid>``."""
+
+_replica: list[str] = [""]
+
+
+def set_replica(name: str) -> None:
+    """Name this process for :data:`REPLICA_KEY` (the composition root calls it at start)."""
+    _replica[0] = name
+
+
+def replica() -> str:
+    """The value this process sends as :data:`REPLICA_KEY`."""
+    return _replica[0]
 
 class Expiring(Protocol):
     """A bound that can tell whether it has passed (``asyncio.Timeout`` is one)."""
@@ -145,7 +160,8 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[Any]:
                 async with _boundary(self, name, request, context) as record:
-                    await context.send_initial_metadata(((REQUEST_ID_KEY, record.rid),))
+                    await context.send_initial_metadata(
+                        ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
                     # aclosing: when this generator is closed, the servicer's closes at once
                     async with contextlib.aclosing(fn(self, request, context)) as items:
                         async for item in items:
@@ -157,6 +173,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _boundary(self, name, request, context) as record:
                 context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
+                await context.send_initial_metadata(((REPLICA_KEY, _replica[0]),))
                 return await fn(self, request, context)
 
         return unary

@@ -68,3 +68,8 @@ def test_clients_reject_bad_settings_at_once(client_class):
         cls("127.0.0.1:1", retries=-1)
     with pytest.raises(ValueError, match="timeout"):
         cls("127.0.0.1:1", timeout=-1)
+
+
+def test_calls_are_balanced_round_robin_over_every_address():
+    config = json.loads(_options(0)["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]

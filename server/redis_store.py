@@ -1,0 +1,355 @@
+"""Sessions in Redis: any worker of any replica continues any session, one at a time.
+
+Keys, for a session id ``ID`` (all under ``rnnserve:``):
+
+- ``s:ID`` a hash, the session record: ``model``, ``version``, ``pending`` (JSON number),
+  ``tokens``, ``owner``, ``created``/``used`` (epoch seconds), and once a turn finished the state
+  tensor as ``dtype`` (e.g. ``float32``), ``shape`` (JSON list) and ``state`` (raw bytes, CPU,
+  C order). Its key expiry is the session TTL, refreshed by every turn: Redis expires idle
+  sessions by itself.
+- ``l:ID`` the lease: set-if-absent with an expiry (``SET NX PX``) by the request that runs the
+  session, renewed while it runs, and released (or written back) only by its holder — a Lua
+  script compares the holder's random token first. A second request finds the lease taken
+  (ABORTED); a holder that died stops renewing, and the lease expires after ``session_lease_s``.
+- ``k:ID`` a marker that outlives the record by a day, so that a missing record whose marker is
+  still there reads "expired or evicted" rather than "unknown"; ``g:ID`` the reason of a
+  deliberate removal (ended, unloaded), kept a day.
+
+What changes against the memory store (docs/deploy.md): expiry and eviction by Redis's memory
+policy cannot be told apart (``expired_or_evicted``); ``max_sessions`` is not enforced (size
+Redis with ``maxmemory`` and ``volatile-lru``); unloading a model version removes its sessions
+lazily, when one is next used (NOT_FOUND ``unloaded``), not at once; ``rnnserve_sessions_active``
+and ``rnnserve_session_state_bytes`` are the memory store's (0 here), and
+``rnnserve_session_store_sessions`` is the store-wide count (the same on every worker and
+replica), refreshed at each sweep.
+
+Redis unreachable: every operation raises ``SessionStoreUnavailableError`` (UNAVAILABLE),
+counts ``rnnserve_session_store_errors_total{kind}`` and sets ``rnnserve_session_store_up`` to 0
+until an operation or the periodic check succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import torch
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rnnserve.server.errors import (
+    SessionBusyError,
+    SessionGoneReason,
+    SessionNotFoundError,
+    SessionStoreUnavailableError,
+)
+from rnnserve.server.metrics import Metrics
+from rnnserve.server.sessions import Session
+from rnnserve.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PREFIX = "rnnserve:"
+INDEX = PREFIX + "index"  # sorted set: session id -> last use (epoch s), for the store-wide count
+TOMBSTONE_MS = 24 * 3600 * 1000
+
+# KEYS: record, lease, marker, gone   ARGV: token, lease_ms
+# -> {status, fields...}: status 1 = held (fields = the record), 0 = busy, -1 = gone (reason)
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local reason = redis.call('GET', KEYS[4])
+  if reason then return {-1, reason} end
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 'expired_or_evicted'} end
+  return {-1, 'unknown'}
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: record, lease, marker, index   ARGV: token, ttl_ms, marker_ms, now, id, field/value...
+# -> 1 written and released, 0 the lease was no longer ours (nothing written)
+RELEASE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: record, lease, marker, gone, index   ARGV: token, reason ('' = none), id
+REMOVE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
+if ARGV[2] ~= '' then redis.call('SET', KEYS[4], ARGV[2], 'PX', 86400000) end
+return 1
+"""
+
+# KEYS: record, lease   ARGV: token, lease_ms, ttl_ms  -> 1 renewed, 0 lost
+RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def _keys(session_id: str) -> tuple[str, str, str, str]:
+    return (f"{PREFIX}s:{session_id}", f"{PREFIX}l:{session_id}", f"{PREFIX}k:{session_id}",
+            f"{PREFIX}g:{session_id}")
+
+
+def redacted(url: str) -> str:
+    """The URL without any user or password, for logs and messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def encode_state(state: torch.Tensor) -> dict[str, Any]:
+    """A state tensor as record fields: dtype name, shape (JSON), raw CPU bytes."""
+    cpu = state.detach().to("cpu").contiguous()
+    raw = cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b""
+    return {"dtype": str(cpu.dtype).removeprefix("torch."), "shape": json.dumps(list(cpu.shape)),
+            "state": raw}
+
+
+def decode_state(fields: dict[bytes, bytes]) -> torch.Tensor | None:
+    """The state tensor of a record (on the CPU), or None when no turn has finished yet."""
+    if b"state" not in fields:
+        return None
+    dtype = getattr(torch, fields[b"dtype"].decode())
+    shape = json.loads(fields[b"shape"])
+    raw = bytearray(fields[b"state"])
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _password(settings: ServerSettings) -> str | None:
+    if settings.session_store_password_file is not None:
+        lines = settings.session_store_password_file.read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines else None
+    return settings.session_store_password.get_secret_value() or None
+
+
+class RedisSessionStore:
+    """Sessions in Redis (see the module docstring for the keys and what changes)."""
+
+    shared = True
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._url = settings.session_store
+        self._where = redacted(self._url)
+        self._ttl_ms = max(1, int(settings.session_ttl_s * 1000))
+        self._lease_ms = max(1, int(settings.session_lease_s * 1000))
+        self._marker_ms = self._ttl_ms + TOMBSTONE_MS
+        # renew well inside both the lease and the TTL, so neither lapses while a turn runs
+        self._renew_every = min(settings.session_lease_s, settings.session_ttl_s) / 3
+        self._client: aioredis.Redis | None = None
+        self._held: dict[str, tuple[str, asyncio.Task[None]]] = {}  # id -> (token, renewer)
+        self._up = True
+        self._scripts: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return int(self._metrics.session_store_sessions._value.get())  # noqa: SLF001
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._client = aioredis.Redis.from_url(
+            self._url, password=_password(self._settings), socket_connect_timeout=1.0,
+            socket_timeout=2.0, retry=Retry(NoBackoff(), 1),
+        )
+        for name, body in (("acquire", ACQUIRE), ("release", RELEASE), ("remove", REMOVE),
+                           ("renew", RENEW)):
+            self._scripts[name] = self._client.register_script(body)
+        try:
+            await self._call("ping", self._client.ping())
+            logger.info("session store: redis at %s", self._where)
+        except SessionStoreUnavailableError:
+            logger.warning("session store: redis at %s does not answer yet; session requests "
+                           "are UNAVAILABLE until it does", self._where)
+
+    async def stop(self) -> None:
+        for _, task in self._held.values():
+            task.cancel()
+        self._held.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def up(self) -> bool:
+        """Whether the last operation reached Redis."""
+        return self._up
+
+    # --- the interface -------------------------------------------------------------------------
+    async def open(self, model: str, version: int, owner: str = "") -> Session:
+        now = time.time()
+        session = Session(id=secrets.token_urlsafe(18), model=model, version=version,
+                          created_at=now, last_used=now, busy=True, owner=owner)
+        record, lease, marker, _ = _keys(session.id)
+        token = secrets.token_hex(16)
+        client = self._need()
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(record, mapping={"model": model, "version": version, "pending": "0",
+                                   "tokens": 0, "owner": owner, "created": now, "used": now})
+        pipe.pexpire(record, self._ttl_ms)
+        pipe.set(lease, token, px=self._lease_ms)
+        pipe.set(marker, 1, px=self._marker_ms)
+        pipe.zadd(INDEX, {session.id: now})
+        await self._call("open", pipe.execute())
+        self._hold(session.id, token)
+        return session
+
+    async def acquire(self, session_id: str) -> Session:
+        token = secrets.token_hex(16)
+        reply = await self._call("acquire", self._scripts["acquire"](
+            keys=list(_keys(session_id)), args=[token, self._lease_ms]))
+        status = int(reply[0])
+        if status < 0:
+            raise SessionNotFoundError(session_id, SessionGoneReason(reply[1].decode()))
+        if status == 0:
+            raise SessionBusyError(session_id)
+        flat = reply[1]
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        self._hold(session_id, token)
+        return Session(
+            id=session_id, model=fields[b"model"].decode(), version=int(fields[b"version"]),
+            state=decode_state(fields), pending=json.loads(fields[b"pending"]),
+            total_tokens=int(fields[b"tokens"]), created_at=float(fields[b"created"]),
+            last_used=float(fields[b"used"]), busy=True, owner=fields[b"owner"].decode(),
+        )
+
+    async def release(self, session: Session, state: torch.Tensor | None = None,
+                      pending: int | float | None = None, added_tokens: int = 0) -> None:
+        token = self._let_go(session.id)
+        if token is None:
+            return
+        now = time.time()
+        fields: dict[str, Any] = {"used": now}
+        if state is not None and pending is not None:
+            fields.update(encode_state(state))
+            fields["pending"] = json.dumps(pending)
+            fields["tokens"] = session.total_tokens + added_tokens
+        args: list[Any] = [token, self._ttl_ms, self._marker_ms, now, session.id]
+        for key, value in fields.items():
+            args += [key, value]
+        record, lease, marker, _ = _keys(session.id)
+        written = await self._call("release", self._scripts["release"](
+            keys=[record, lease, marker, INDEX], args=args))
+        if not written:
+            logger.warning("session %s: the lease ran out before the turn was written back; "
+                           "the session keeps its previous state", session.id)
+
+    async def discard(self, session: Session) -> None:
+        await self._remove(session.id, "")
+
+    async def end(self, session_id: str) -> Session:
+        session = await self.acquire(session_id)
+        await self._remove(session_id, SessionGoneReason.ENDED.value)
+        self._removed(session, SessionGoneReason.ENDED)
+        return session
+
+    async def remove_unloaded(self, session: Session) -> None:
+        await self._remove(session.id, SessionGoneReason.UNLOADED.value)
+        self._removed(session, SessionGoneReason.UNLOADED)
+
+    def drop_model_version(self, model: str, version: int) -> int:
+        return 0  # other replicas may still serve that version: sessions go when next used
+
+    async def sweep(self) -> int:
+        """Check that Redis answers, and refresh the store-wide session count."""
+        client = self._need()
+        pipe = client.pipeline(transaction=False)
+        pipe.zremrangebyscore(INDEX, "-inf", time.time() - self._settings.session_ttl_s)
+        pipe.zcard(INDEX)
+        _, count = await self._call("sweep", pipe.execute())
+        self._metrics.session_store_sessions.set(count)
+        return 0
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _need(self) -> aioredis.Redis:
+        if self._client is None:
+            raise SessionStoreUnavailableError("the session store is not started")
+        return self._client
+
+    async def _call(self, op: str, pending: Awaitable[T]) -> T:
+        """One round trip, timed and counted; Redis errors become UNAVAILABLE."""
+        started = time.perf_counter()
+        try:
+            result = await pending
+        except (RedisConnectionError, RedisTimeoutError, RedisError, OSError) as err:
+            kind = ("timeout" if isinstance(err, RedisTimeoutError) else
+                    "connection" if isinstance(err, RedisConnectionError | OSError)
+                    else "response")
+            self._metrics.session_store_errors.labels(kind).inc()
+            if self._up:
+                logger.error("session store: redis at %s failed (%s: %s)", self._where, kind,
+                             type(err).__name__)
+            self._set_up(False)
+            raise SessionStoreUnavailableError(
+                f"redis at {self._where} is unreachable: {kind}") from None
+        self._metrics.session_store_duration.labels(op).observe(time.perf_counter() - started)
+        if not self._up:
+            logger.info("session store: redis at %s answers again", self._where)
+        self._set_up(True)
+        return result
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self._metrics.session_store_up.set(1 if up else 0)
+
+    def _hold(self, session_id: str, token: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._renew(session_id, token))
+        self._held[session_id] = (token, task)
+
+    def _let_go(self, session_id: str) -> str | None:
+        held = self._held.pop(session_id, None)
+        if held is None:
+            return None
+        held[1].cancel()
+        return held[0]
+
+    async def _renew(self, session_id: str, token: str) -> None:
+        record, lease, _, _ = _keys(session_id)
+        while True:
+            await asyncio.sleep(self._renew_every)
+            with contextlib.suppress(SessionStoreUnavailableError):
+                kept = await self._call("renew", self._scripts["renew"](
+                    keys=[record, lease], args=[token, self._lease_ms, self._ttl_ms]))
+                if not kept:
+                    logger.warning("session %s: lease lost while running", session_id)
+                    return
+
+    async def _remove(self, session_id: str, reason: str) -> bool:
+        token = self._let_go(session_id)
+        if token is None:
+            return False
+        record, lease, marker, gone = _keys(session_id)
+        return bool(await self._call("remove", self._scripts["remove"](
+            keys=[record, lease, marker, gone, INDEX], args=[token, reason, session_id])))
+
+    def _removed(self, session: Session, reason: SessionGoneReason) -> None:
+        m = self._metrics
+        m.sessions_removed.labels(session.model, reason.value).inc()
+        m.session_lifetime.labels(reason.value).observe(max(0.0, time.time() - session.created_at))
+
