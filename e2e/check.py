@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from rnnserve.client import Client
+from rnnserve.client import Client, RnnserveError
 from rnnserve.v1 import generation_pb2, generation_pb2_grpc
 
 REPLICA_HEADER = "x-rnnserve-replica"
@@ -58,7 +58,8 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float, interval: flo
     while time.monotonic() < deadline:
         try:
             value = probe()
-        except (grpc.RpcError, OSError, ValueError, KeyError, CheckFailed) as error:
+        except (RnnserveError, grpc.RpcError, OSError, ValueError, KeyError,
+                CheckFailed) as error:
             value, last = None, repr(error)
         if value:
             return value
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             check_prometheus(Prometheus(args.prometheus), 1 + 2 * len(turns.replicas))
             check_kill_and_continue(turns, compose)
             client.end_session(turns.session_id)
-        except (CheckFailed, grpc.RpcError, subprocess.CalledProcessError) as error:
+        except (CheckFailed, RnnserveError, grpc.RpcError,
+                subprocess.CalledProcessError) as error:
             say(f"FAILED: {error}")
             return 1
         finally:

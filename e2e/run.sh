@@ -19,7 +19,7 @@
 #
 # Environment: E2E_CACHE (default ~/.cache/rnnserve-e2e), E2E_KEEP=1 (leave the stack up),
 # DEBIAN_MIRROR, E2E_EXTRA_CA_FILE (PEM passed as EXTRA_CA_CERTS), E2E_COMPOSE (the compose
-# command), E2E_DOCKERD_ARGS.
+# command), E2E_DOCKERD_ARGS (default: overlay2, else vfs; --iptables=false --bridge=none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,7 +32,9 @@ E2E_CACHE=${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rnnserve-e2e}
 BASE_IMAGE=rnnserve-base:bookworm
 STANDIN_TAG=bookworm
 PROJECT=${COMPOSE_PROJECT_NAME:-rnnserve-e2e}
-DOCKERD_ARGS=${E2E_DOCKERD_ARGS:---storage-driver=vfs --iptables=false --bridge=none}
+# No iptables rules and no default docker0 bridge: compose networks and published ports (by
+# docker-proxy) work without them, and nothing of the host's firewall is touched.
+DOCKERD_NET="--iptables=false --bridge=none"
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 mkdir -p "$E2E_CACHE"
 
@@ -77,26 +79,36 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 if ! docker info >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || die "no Docker engine is reachable ($(docker info 2>&1 | tail -1)) and \
 this is not root, so none can be started here; start dockerd or run as root"
   command -v dockerd >/dev/null || die "no Docker engine is reachable and dockerd is not \
 installed (apt-get install docker.io)"
-  say "starting dockerd $DOCKERD_ARGS (log: $E2E_CACHE/dockerd.log)"
-  # shellcheck disable=SC2086
-  dockerd $DOCKERD_ARGS >"$E2E_CACHE/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
-    kill -0 "$DOCKERD_PID" 2>/dev/null || break
-    sleep 1
-  done
-  if ! docker info >/dev/null 2>&1; then
-    tail -20 "$E2E_CACHE/dockerd.log" | sed 's/^/    dockerd: /' >&2
+  # overlay2 first (fast builds); vfs where overlay mounts are not allowed (slow, but it runs).
+  for args in "${E2E_DOCKERD_ARGS:-}" "--storage-driver=overlay2 $DOCKERD_NET" "--storage-driver=vfs $DOCKERD_NET"; do
+    [ -n "$args" ] || continue
+    say "starting dockerd $args (log: $E2E_CACHE/dockerd.log)"
+    # shellcheck disable=SC2086
+    dockerd $args >"$E2E_CACHE/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+      sleep 1
+    done
+    if docker info >/dev/null 2>&1; then
+      break
+    fi
+    tail -5 "$E2E_CACHE/dockerd.log" | sed 's/^/    dockerd: /' >&2
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    wait "$DOCKERD_PID" 2>/dev/null || true
     DOCKERD_PID=""
-    die "dockerd could not start a container engine on this machine (its log is above)"
-  fi
+    [ -z "${E2E_DOCKERD_ARGS:-}" ] || break
+  done
+  [ -n "$DOCKERD_PID" ] || die "dockerd could not start a container engine on this machine \
+(its log lines are above; full log: $E2E_CACHE/dockerd.log)"
 fi
 say "docker engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE[*]} \
 ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
@@ -150,13 +162,20 @@ else
   export PROMETHEUS_IMAGE=rnnserve-e2e/prometheus:$STANDIN_TAG
 
   # A local package index with every wheel the image needs, made by this machine's pip (which
-  # knows its own indexes, proxy CA and the torch CPU wheel), keyed by pyproject.toml.
-  key=$(sha256sum pyproject.toml | cut -c1-16)
+  # knows its own indexes, proxy CA and the torch CPU wheel), keyed by pyproject.toml. pip must
+  # run on the base image's Python version: dependencies carry markers such as
+  # python_full_version < "3.11.3" (Debian bookworm has 3.11.2).
+  base_python=$(docker run --rm --network none "$BASE_IMAGE" python3 -c 'import platform; print(platform.python_version())')
+  WHEEL_PYTHON=${E2E_WHEEL_PYTHON:-/usr/bin/python3}
+  host_python=$("$WHEEL_PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo none)
+  [ "$host_python" = "$base_python" ] || die "the base image has Python $base_python but \
+$WHEEL_PYTHON is $host_python: set E2E_WHEEL_PYTHON to a Python $base_python with pip"
+  key=$(cat pyproject.toml <(echo "$base_python") | sha256sum | cut -c1-16)
   index=$E2E_CACHE/index-$key
   if [ ! -d "$index/simple" ]; then
-    say "pip wheel: the image's packages into a local index ($index)"
+    say "pip wheel (Python $base_python): the image's packages into a local index ($index)"
     rm -rf "$index.tmp" && mkdir -p "$index.tmp/wheels"
-    "$PYTHON" -m pip wheel --quiet --wheel-dir "$index.tmp/wheels" . "setuptools>=68" wheel \
+    "$WHEEL_PYTHON" -m pip wheel --quiet --wheel-dir "$index.tmp/wheels" . "setuptools>=68" wheel \
       >"$E2E_CACHE/pip-wheel.log" 2>&1 \
       || { grep -v '^WARNING: Location' "$E2E_CACHE/pip-wheel.log" | tail -20 >&2; die "pip wheel failed"; }
     rm -f "$index.tmp"/wheels/rnnserve-*.whl  # the image installs the project from its source

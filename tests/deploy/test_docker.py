@@ -277,7 +277,7 @@ def test_pip_sources_become_the_build_stages_pip_conf(deploy: Any, tmp_path: Pat
     """The RUN that writes /etc/pip.conf, run here with its paths redirected: empty arguments
     are left out, the others are written, and extra CA certificates are installed."""
     [script] = [rest for keyword, rest in instructions(deploy)
-                if keyword == "RUN" and "/etc/pip.conf" in rest]
+                if keyword == "RUN" and "> /etc/pip.conf" in rest]
     script = (script.replace("/usr/local/share/ca-certificates", str(tmp_path))
               .replace("/etc/pip.conf", str(tmp_path / "pip.conf"))
               .replace("update-ca-certificates", "true")
