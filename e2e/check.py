@@ -126,8 +126,23 @@ class Prometheus:
 
 
 def check_serving(client: Client) -> None:
-    poll("the load balancer to answer health SERVING",
-         lambda: client.health(timeout=5) == "SERVING", timeout=180, interval=2)
+    # Every replica must be SERVING (models loaded), not just the first to answer: the load
+    # balancer alternates between them, so ask until SERVING comes several times in a row.
+    streak = [0]
+
+    def all_serving() -> bool:
+        try:
+            serving = client.health(timeout=5) == "SERVING"
+        except RnnserveError:
+            serving = False
+        streak[0] = streak[0] + 1 if serving else 0
+        return streak[0] >= 6
+
+    try:
+        poll("every replica to answer health SERVING through the load balancer",
+             all_serving, timeout=300, interval=0.5)
+    finally:
+        say(f"health: {streak[0]} SERVING answers in a row")
     reply = client.generate("the time machine", model=MODEL, max_tokens=30)
     expect(len(reply.text) == 30 and reply.generated_tokens == 30,
            f"Generate returned {reply!r}")

@@ -185,7 +185,15 @@ $WHEEL_PYTHON is $host_python: set E2E_WHEEL_PYTHON to a Python $base_python wit
     done
     mv "$index.tmp" "$index"
   fi
-  port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # The index URL is a build argument, so it is part of docker's layer cache key: a port fixed
+  # by the index's key keeps the torch layer cached from run to run (a free one if it is taken).
+  port=$("$PYTHON" -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", 20000 + int(sys.argv[1], 16) % 20000))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])' "${key:0:8}")
   "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$index" "$port" >"$E2E_CACHE/index.log" 2>&1 &
   INDEX_PID=$!
   for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$port/simple/" >/dev/null 2>&1 && break; sleep 0.2; done
