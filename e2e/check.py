@@ -68,7 +68,11 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float, interval: flo
 
 
 class Turns:
-    """Session turns through the raw stub, to see the replica header of every response."""
+    """Session turns through the raw stub, to see the replica header of every response.
+
+    The stateless reference calls are made afterwards (``verify``): interleaved with the turns,
+    they would take every other slot of the load balancer's round-robin, and all turns would
+    land on one replica."""
 
     def __init__(self, target: str, client: Client) -> None:
         self._channel = grpc.insecure_channel(target)
@@ -77,10 +81,10 @@ class Turns:
         self.session_id = ""
         self.history = ""
         self.replicas: list[str] = []
+        self._unverified: list[tuple[str, int, str, str]] = []
 
     def turn(self, prefix: str, max_tokens: int) -> str:
-        """One turn; checks it equals a stateless Generate on the whole text; returns the
-        replica (``<replica>/<worker pid>``) that served it."""
+        """One turn; returns the replica (``<replica>/<worker pid>``) that served it."""
         request = generation_pb2.GenerateRequest(
             model=MODEL, prefix=prefix, max_tokens=max_tokens, session_id=self.session_id,
             keep_session=True)
@@ -93,14 +97,21 @@ class Turns:
             self.session_id = response.session_id
         expect(response.session_id == self.session_id,
                f"session id changed: {response.session_id!r} != {self.session_id!r}")
-        expected = self._client.generate(self.history + prefix, model=MODEL,
-                                         max_tokens=max_tokens).text
-        expect(response.text == expected,
-               f"turn {len(self.replicas) + 1} on {served_by} is not exact: {response.text!r} "
-               f"!= stateless {expected!r}")
+        self._unverified.append((self.history + prefix, max_tokens, response.text, served_by))
         self.history += prefix + response.text
         self.replicas.append(served_by)
         return served_by
+
+    def verify(self) -> int:
+        """Check every turn not checked yet: its text equals one stateless Generate on the
+        whole session text before it. Returns how many Generate calls that made."""
+        checked = len(self._unverified)
+        for number, (text, max_tokens, got, served_by) in enumerate(self._unverified, 1):
+            expected = self._client.generate(text, model=MODEL, max_tokens=max_tokens).text
+            expect(got == expected, f"turn on {served_by} is not exact: {got!r} != stateless "
+                   f"{expected!r} (whole text {len(text)} characters, turn {number})")
+        self._unverified.clear()
+        return checked
 
     def close(self) -> None:
         self._channel.close()
@@ -149,7 +160,8 @@ def check_serving(client: Client) -> None:
     say(f"1 Generate through the load balancer: {reply.text!r}")
 
 
-def check_session_on_both_replicas(turns: Turns) -> set[str]:
+def check_session_on_both_replicas(turns: Turns) -> int:
+    """Returns the Generate calls made (turns and their stateless references)."""
     turns.turn("the time machine", 30)
     for prefix in PROMPTS:
         if len({replica_of(r) for r in turns.replicas}) >= 2:
@@ -158,9 +170,10 @@ def check_session_on_both_replicas(turns: Turns) -> set[str]:
     seen = {replica_of(r) for r in turns.replicas}
     expect(len(seen) == 2, f"the session's {len(turns.replicas)} turns landed on {seen}, "
            "not on two replicas")
-    say(f"2 session {turns.session_id[:8]}…: {len(turns.replicas)} exact turns, served by "
-        f"{turns.replicas}")
-    return seen
+    references = turns.verify()
+    say(f"2 session {turns.session_id[:8]}…: {len(turns.replicas)} turns served by "
+        f"{turns.replicas}, each equal to a stateless Generate on the whole text")
+    return len(turns.replicas) + references
 
 
 def check_prometheus(prometheus: Prometheus, generate_calls: int) -> None:
@@ -200,6 +213,7 @@ def check_kill_and_continue(turns: Turns, compose: list[str]) -> None:
     before = len(turns.replicas)
     for prefix in [" and so", " we ", "went on"]:
         turns.turn(prefix, 20)
+    turns.verify()
     after = [replica_of(r) for r in turns.replicas[before:]]
     expect(victim not in after, f"turns after the kill were served by {after}, which includes "
            f"the killed replica {victim}")
@@ -219,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         turns = Turns(args.target, client)
         try:
             check_serving(client)
-            check_session_on_both_replicas(turns)
-            # Generate calls so far: 1 + one per turn + one stateless reference per turn.
-            check_prometheus(Prometheus(args.prometheus), 1 + 2 * len(turns.replicas))
+            calls = 1 + check_session_on_both_replicas(turns)
+            check_prometheus(Prometheus(args.prometheus), calls)
             check_kill_and_continue(turns, compose)
             client.end_session(turns.session_id)
         except (CheckFailed, RnnserveError, grpc.RpcError,
