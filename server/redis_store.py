@@ -54,7 +54,7 @@ from rnnserve.server.errors import (
     SessionStoreUnavailableError,
 )
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.sessions import Session
+from rnnserve.server.sessions import Session, new_session_id
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class RedisSessionStore:
     # --- the interface -------------------------------------------------------------------------
     async def open(self, model: str, version: int, owner: str = "") -> Session:
         now = time.time()
-        session = Session(id=secrets.token_urlsafe(18), model=model, version=version,
+        session = Session(id=new_session_id(), model=model, version=version,
                           created_at=now, last_used=now, busy=True, owner=owner)
         record, lease, marker, _ = _keys(session.id)
         token = secrets.token_hex(16)

@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 TOMBSTONES = 65536  # recently removed ids remembered, to tell "expired"/"evicted" from "unknown"
 
 
+def new_session_id() -> str:
+    """An unguessable, server-made session id: 128 random bits as 32 hex digits.
+
+    Hex, not URL-safe base64: an id must never begin with ``-`` (the CLI's ``--session ID`` would
+    read it as an option) and must survive any shell, URL or metadata field unquoted.
+    """
+    return secrets.token_hex(16)
+
+
 @dataclass(eq=False)
 class Session:
     """One client's conversation with one model version."""
@@ -98,7 +107,7 @@ class SessionStore:
                 )
         now = self._clock()
         session = Session(
-            id=secrets.token_urlsafe(18), model=model, version=version,
+            id=new_session_id(), model=model, version=version,
             created_at=now, last_used=now, busy=True, owner=owner,
         )
         self._sessions[session.id] = session

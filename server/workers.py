@@ -81,6 +81,7 @@ class Supervisor:
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * settings.workers
         self.stopping = threading.Event()
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.own_metrics_dir = not given
         self.metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="rnnserve-prom-"))
         self.ready_dir = Path(tempfile.mkdtemp(prefix="rnnserve-ready-"))
         self.port = 0
@@ -140,6 +141,8 @@ class Supervisor:
             http.shutdown()
             http.server_close()
         shutil.rmtree(self.ready_dir, ignore_errors=True)
+        if self.own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         logger.info("stopped")
         return code
 
@@ -167,7 +170,10 @@ class Supervisor:
                 logger.error("worker pid %d did not stop; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
-            code = code or (proc.returncode or 0)
+            # a worker still starting has no handler yet and ends by the signal itself
+            if proc.returncode not in (0, -signal.SIGTERM):
+                logger.error("worker pid %d ended with code %s", proc.pid, proc.returncode)
+                code = 1
             mark_process_dead(proc.pid, str(self.metrics_dir))
         return code
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +51,13 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 async def server(make_server: ServerFactory) -> RnnServer:
     """A started server on the shipped models with default settings."""
     return await make_server()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of its own (Debian's, free port, no persistence) for the whole run."""
+    from procs import Redis
+
+    redis = Redis().start()
+    yield redis.url
+    redis.kill()

@@ -105,7 +105,7 @@ class Replica:
         )
         return self
 
-    def wait_ready(self, timeout: float = 90.0) -> Replica:
+    def wait_ready(self, timeout: float = 240.0) -> Replica:
         """Until the log says the server (every worker) is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -39,7 +39,8 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
 
 REQUEST_ID_KEY = "x-request-id"
 REPLICA_KEY = "x-rnnserve-replica"
-"""Initial metadata on every rnnserve response: ``<replica name>/<worker pid>``."""
+"""``<replica name>/<worker pid>``: initial metadata on every rnnserve response (a unary call's
+error carries it in the trailing metadata only), so the spread over replicas is visible."""
 
 _replica: list[str] = [""]
 
@@ -172,9 +173,13 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         @functools.wraps(fn)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with _boundary(self, name, request, context) as record:
-                context.set_trailing_metadata(((REQUEST_ID_KEY, record.rid),))
+                context.set_trailing_metadata(
+                    ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
+                response = await fn(self, request, context)
+                # headers only with a response: sent earlier, they would commit the call and
+                # the client could no longer retry an UNAVAILABLE transparently
                 await context.send_initial_metadata(((REPLICA_KEY, _replica[0]),))
-                return await fn(self, request, context)
+                return response
 
         return unary
 

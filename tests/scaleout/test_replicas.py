@@ -16,9 +16,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from procs import Nginx, Redis, Replica
+from rnnserve.client import Client
 from rnnserve.v1 import generation_pb2, generation_pb2_grpc
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)  # a loaded 2-core machine starts servers slowly
 LEASE_S = 2.0
 
 
@@ -95,6 +96,23 @@ def test_a_session_alternating_between_replicas_equals_one_stateless_generate(co
     # the whole session text, once, statelessly, on a third replica
     whole = conns[2].stateless(history[:-30], 30)
     assert history.endswith(whole)
+
+
+def _classify_count(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
+                   if line.startswith("rnnserve_requests_total{") and '"Classify"' in line)
+
+
+def test_the_python_client_balances_round_robin_over_a_list_of_targets(replicas):
+    before = [_classify_count(r.metrics_port) for r in replicas]
+    target = "ipv4:" + ",".join(r.target for r in replicas)
+    with Client(target, retries=0) as client:
+        for _ in range(9):
+            client.classify(["a fine film"])
+    after = [_classify_count(r.metrics_port) for r in replicas]
+    assert all(b > a for a, b in zip(before, after, strict=True)), (before, after)
+    assert sum(after) - sum(before) == 9
 
 
 def test_two_simultaneous_turns_of_one_session_on_two_replicas_one_is_aborted(conns):

@@ -16,6 +16,26 @@ from rnnserve.client import AbortedError, AsyncClient, InvalidArgumentError, Not
 MODEL = "timemachine"
 
 
+@pytest.fixture(params=["memory", "redis"])
+def store(request) -> str:
+    """Every test here runs against both session stores (DESIGN semantics 7)."""
+    return "memory" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def make_server(make_server, store):  # noqa: F811 - tests/server/conftest.py's, on both stores
+    async def factory(**overrides):
+        overrides.setdefault("session_store", store)
+        return await make_server(**overrides)
+
+    return factory
+
+
+def memory_only(store: str, why: str) -> None:
+    if store != "memory":
+        pytest.skip(f"memory store only: {why} (docs/deploy.md)")
+
+
 async def stateless(client: AsyncClient, text: str, n: int) -> str:
     return (await client.generate(text, max_tokens=n)).text
 
@@ -173,7 +193,9 @@ async def test_a_busy_session_is_aborted_and_a_cancelled_turn_changes_nothing(ma
             raise AssertionError("the cancelled first request's session was never dropped")
 
 
-async def test_idle_sessions_expire(make_server, connect, metrics_of, poll):
+async def test_idle_sessions_expire(make_server, connect, metrics_of, poll, store):
+    if store != "memory":
+        return await _redis_sessions_expire(make_server, connect)
     server = await make_server(session_ttl_s=0.3, session_sweep_interval_s=0.1)
     async with connect(server) as client:
         swept = (await client.generate("time", max_tokens=5, keep_session=True)).session_id
@@ -196,6 +218,18 @@ async def test_idle_sessions_expire(make_server, connect, metrics_of, poll):
         assert view.value("rnnserve_session_state_bytes", model=MODEL) == 0
 
 
+async def _redis_sessions_expire(make_server, connect) -> None:
+    """Redis expires the record itself; the marker left behind tells it from an unknown id."""
+    server = await make_server(session_ttl_s=0.3, session_sweep_interval_s=0.1)
+    async with connect(server) as client:
+        sid = (await client.generate("time", max_tokens=5, keep_session=True)).session_id
+        await client.generate("", session_id=sid, max_tokens=2)  # still there within the TTL
+        await asyncio.sleep(0.6)
+        with pytest.raises(NotFoundError) as info:
+            await client.generate("more", session_id=sid, max_tokens=5)
+        assert "expired" in info.value.details and "evicted" in info.value.details
+
+
 async def test_a_session_in_use_is_not_expired_by_its_own_request(make_server, connect):
     """Using a session restarts its idle clock: steady use within the TTL keeps it alive."""
     server = await make_server(session_ttl_s=0.5, session_sweep_interval_s=0.05)
@@ -208,7 +242,8 @@ async def test_a_session_in_use_is_not_expired_by_its_own_request(make_server, c
 
 
 async def test_least_recently_used_sessions_are_evicted_past_the_cap(make_server, connect,
-                                                                     metrics_of):
+                                                                     metrics_of, store):
+    memory_only(store, "Redis evicts by its own maxmemory policy, not by max_sessions")
     server = await make_server(max_sessions=2)
     async with connect(server) as client:
         a = await client.generate("alpha", max_tokens=10, keep_session=True)

@@ -10,7 +10,7 @@ from rnnserve.server.errors import (
     SessionNotFoundError,
 )
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.sessions import SessionStore
+from rnnserve.server.sessions import SessionStore, new_session_id
 
 
 class Clock:
@@ -106,3 +106,11 @@ def test_state_bytes_are_accounted():
         s.acquire(a.id)
     s.discard(b)
     assert s.state_bytes == 0 and len(s) == 0
+
+
+def test_session_ids_are_hex_and_never_look_like_an_option():
+    # A URL-safe base64 id began with "-" about 1 time in 64, and `rnnserve generate --session ID`
+    # then failed with "expected one argument".
+    ids = {new_session_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 32 and int(i, 16) >= 0 and not i.startswith("-") for i in ids)
