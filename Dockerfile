@@ -60,7 +60,7 @@ WORKDIR /src
 
 # torch first (the biggest layer, cached until pyproject.toml changes), from the variant's index.
 # The version is pinned: it is read from pyproject.toml ("torch==X.Y.Z"), which hadolint can't see.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # hadolint ignore=DL3013
 RUN set -eu; \
     unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST; \
@@ -76,6 +76,7 @@ RUN set -eu; \
 # Then the project itself (a regular, non-editable install: only rnnserve/ lands in site-packages;
 # the torch already installed satisfies the pin, including the CPU wheel's +cpu local version).
 # Its dependencies are pinned or bounded in pyproject.toml.
+COPY README.md ./
 COPY proto/ proto/
 COPY server/ server/
 COPY client/ client/
