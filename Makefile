@@ -8,17 +8,36 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "make setup: creating $(VENV) (about 1-2 minutes: torch, grpcio, ...)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "make setup: [1/2] pip, setuptools, wheel"
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=68" wheel
+	@echo "make setup: [2/2] rnnserve and its dependencies (.[dev])"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+	@echo "make setup: done; commands are in $(BIN)/ (or: source $(BIN)/activate)"
+
+# Flags for `make serve`, e.g. make serve SERVE_ARGS="--port 50052 --metrics-port 8001"
+SERVE_ARGS ?=
 
 serve: setup
-	$(BIN)/rnnserve serve --model-repository model_repository
+	$(BIN)/rnnserve serve --model-repository model_repository $(SERVE_ARGS)
 
-test: setup
+# The tests need buf (tests/deploy/test_buf.py), pinned in package.json/package-lock.json:
+# installed here, so that `make test` is one command on a laptop and in CI alike.
+test: setup node_modules/.bin/buf
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# `npm install --no-save` rather than `npm ci`: the registry mirror serves only the Linux builds
+# of buf's per-platform optional packages, so package-lock.json cannot list the others and
+# `npm ci` refuses it. --no-save installs exactly the locked versions and never rewrites the lock.
+# Without npm the buf tests skip (or fail under CI=true, where .ci/run installs npm with apt).
+node_modules/.bin/buf: package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  echo "installing buf (npm, package-lock.json)"; \
+	  npm install --no-save --no-audit --no-fund && touch $@; \
+	else echo "npm not found: the buf tests will not run (apt-get install npm)"; fi
 
 lint: setup
 	$(BIN)/ruff check .
@@ -47,6 +66,5 @@ clean:
 # The deployment proofs alone (tests/deploy/): compose config, promtool, a live Prometheus
 # scraping a test server, the Grafana dashboard, the Dockerfile, buf lint/breaking.
 # Needs docker-compose, prometheus (apt) and buf (npm); see docs/deploy.md.
-deploy-check: setup
-	test -x node_modules/.bin/buf || npm install --no-save --no-audit --no-fund
+deploy-check: setup node_modules/.bin/buf
 	$(BIN)/python -m pytest -q tests/deploy

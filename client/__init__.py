@@ -8,6 +8,7 @@
             session.generate("the time machine", max_tokens=20)
             session.generate(" and then", max_tokens=20)  # continues the same state
         print(client.classify(["a wonderful film", "dull and lifeless"]))
+        print(client.forecast([0.0, 0.2, 0.39, 0.56], horizon=10).values)
 
 :class:`AsyncClient` is the asyncio twin. Every failure raises a :class:`RnnserveError`
 subclass; calls that fail with UNAVAILABLE are retried by gRPC with backoff.
@@ -31,7 +32,15 @@ from ._exceptions import (
     UnimplementedError,
 )
 from ._session import AsyncSession, Session
-from ._types import Classification, Generation, GenerationChunk, ModelInfo, TokenWeight
+from ._types import (
+    Classification,
+    Forecast,
+    ForecastChunk,
+    Generation,
+    GenerationChunk,
+    ModelInfo,
+    TokenWeight,
+)
 
 __all__ = [
     "AbortedError",
@@ -42,6 +51,8 @@ __all__ = [
     "Client",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "Forecast",
+    "ForecastChunk",
     "Generation",
     "GenerationChunk",
     "InternalError",

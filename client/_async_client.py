@@ -23,7 +23,14 @@ from ._channel import (
 )
 from ._exceptions import translate_errors
 from ._session import AsyncSession
-from ._types import Classification, Generation, GenerationChunk, ModelInfo
+from ._types import (
+    Classification,
+    Forecast,
+    ForecastChunk,
+    Generation,
+    GenerationChunk,
+    ModelInfo,
+)
 
 
 class AsyncClient:
@@ -167,6 +174,41 @@ class AsyncClient:
         request = _convert.classify_request(texts, model=model, explain=explain)
         response = await self._unary(self._rpc.classification.Classify, request, timeout)
         return _convert.classifications_from_pb(response)
+
+    # -------------------------------------------------------------------------- forecasting
+
+    async def forecast(
+        self,
+        series: Sequence[float],
+        horizon: int,
+        *,
+        model: str = "",
+        session_id: str = "",
+        keep_session: bool = False,
+        timeout: float | None = None,
+    ) -> Forecast:
+        """See :meth:`Client.forecast <rnnserve.client.Client.forecast>`."""
+        request = _convert.forecast_request(series, horizon, model=model,
+                                            session_id=session_id, keep_session=keep_session)
+        response = await self._unary(self._rpc.forecast.Forecast, request, timeout)
+        return _convert.forecast_from_pb(response)
+
+    async def forecast_stream(
+        self,
+        series: Sequence[float],
+        horizon: int,
+        *,
+        model: str = "",
+        session_id: str = "",
+        keep_session: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ForecastChunk]:
+        """See :meth:`Client.forecast_stream <rnnserve.client.Client.forecast_stream>`."""
+        request = _convert.forecast_request(series, horizon, model=model,
+                                            session_id=session_id, keep_session=keep_session)
+        async for message in self._server_stream(self._rpc.forecast.ForecastStream, request,
+                                                 timeout):
+            yield _convert.forecast_chunk_from_pb(message)
 
     # ---------------------------------------------------------------------------- models
 

@@ -20,7 +20,12 @@ from typing import Any
 import grpc
 import rnnserve
 from grpc_health.v1 import health_pb2_grpc
-from rnnserve.v1 import classification_pb2_grpc, generation_pb2_grpc, models_pb2_grpc
+from rnnserve.v1 import (
+    classification_pb2_grpc,
+    forecast_pb2_grpc,
+    generation_pb2_grpc,
+    models_pb2_grpc,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -93,6 +98,7 @@ class Stubs:
     def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
         self.generation = generation_pb2_grpc.GenerationServiceStub(channel)
         self.classification = classification_pb2_grpc.ClassificationServiceStub(channel)
+        self.forecast = forecast_pb2_grpc.ForecastServiceStub(channel)
         self.models = models_pb2_grpc.ModelServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 

@@ -21,7 +21,14 @@ from ._channel import (
 )
 from ._exceptions import translate_errors
 from ._session import Session
-from ._types import Classification, Generation, GenerationChunk, ModelInfo
+from ._types import (
+    Classification,
+    Forecast,
+    ForecastChunk,
+    Generation,
+    GenerationChunk,
+    ModelInfo,
+)
 
 
 class Client:
@@ -171,6 +178,47 @@ class Client:
         request = _convert.classify_request(texts, model=model, explain=explain)
         response = self._unary(self._rpc.classification.Classify, request, timeout)
         return _convert.classifications_from_pb(response)
+
+    # -------------------------------------------------------------------------- forecasting
+
+    def forecast(
+        self,
+        series: Sequence[float],
+        horizon: int,
+        *,
+        model: str = "",
+        session_id: str = "",
+        keep_session: bool = False,
+        timeout: float | None = None,
+    ) -> Forecast:
+        """Predict ``horizon`` points after ``series`` (seed 002's forecaster).
+
+        From a zero state (or the session's state) the model runs over every point of
+        ``series``; its last output is the first prediction, each prediction is fed back as the
+        next input. ``keep_session`` keeps the state (opening a session when ``session_id`` is
+        empty); ``session_id`` continues one, where ``series`` may be empty. End a session with
+        :meth:`end_session`.
+        """
+        request = _convert.forecast_request(series, horizon, model=model,
+                                            session_id=session_id, keep_session=keep_session)
+        response = self._unary(self._rpc.forecast.Forecast, request, timeout)
+        return _convert.forecast_from_pb(response)
+
+    def forecast_stream(
+        self,
+        series: Sequence[float],
+        horizon: int,
+        *,
+        model: str = "",
+        session_id: str = "",
+        keep_session: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[ForecastChunk]:
+        """Like :meth:`forecast`, yielding predicted points as the server produces them."""
+        request = _convert.forecast_request(series, horizon, model=model,
+                                            session_id=session_id, keep_session=keep_session)
+        for message in self._server_stream(self._rpc.forecast.ForecastStream, request, timeout):
+            yield _convert.forecast_chunk_from_pb(message)
 
     # ---------------------------------------------------------------------------- models
 

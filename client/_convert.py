@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
-from rnnserve.v1 import classification_pb2, generation_pb2, models_pb2
+from rnnserve.v1 import classification_pb2, forecast_pb2, generation_pb2, models_pb2
 
-from ._types import Classification, Generation, GenerationChunk, ModelInfo, TokenWeight
+from ._types import (
+    Classification,
+    Forecast,
+    ForecastChunk,
+    Generation,
+    GenerationChunk,
+    ModelInfo,
+    TokenWeight,
+)
 
 _FINISH_PREFIX = "FINISH_REASON_"
 _STATE_PREFIX = "MODEL_STATE_"
@@ -70,6 +78,24 @@ def classify_request(
     return classification_pb2.ClassifyRequest(model=model, texts=list(texts), explain=explain)
 
 
+def forecast_request(
+    series: Sequence[float],
+    horizon: int,
+    *,
+    model: str = "",
+    session_id: str = "",
+    keep_session: bool = False,
+) -> forecast_pb2.ForecastRequest:
+    """Build the request shared by ``Forecast`` and ``ForecastStream``."""
+    return forecast_pb2.ForecastRequest(
+        model=model,
+        series=[float(v) for v in series],
+        horizon=horizon,
+        session_id=session_id,
+        keep_session=keep_session,
+    )
+
+
 def list_models_request() -> models_pb2.ListModelsRequest:
     """Build a ``ListModels`` request."""
     return models_pb2.ListModelsRequest()
@@ -111,6 +137,31 @@ def chunk_from_pb(msg: generation_pb2.GenerateStreamResponse) -> GenerationChunk
         model=msg.model,
         model_version=msg.model_version,
         prefix_tokens=msg.prefix_tokens,
+    )
+
+
+def forecast_from_pb(msg: forecast_pb2.ForecastResponse) -> Forecast:
+    """Convert a ``ForecastResponse``."""
+    return Forecast(
+        values=tuple(msg.values),
+        session_id=msg.session_id,
+        observed_points=msg.observed_points,
+        predicted_points=msg.predicted_points,
+        model=msg.model,
+        model_version=msg.model_version,
+    )
+
+
+def forecast_chunk_from_pb(msg: forecast_pb2.ForecastStreamResponse) -> ForecastChunk:
+    """Convert one ``ForecastStreamResponse``."""
+    return ForecastChunk(
+        values=tuple(msg.values),
+        session_id=msg.session_id,
+        done=msg.done,
+        observed_points=msg.observed_points,
+        predicted_points=msg.predicted_points,
+        model=msg.model,
+        model_version=msg.model_version,
     )
 
 

@@ -51,8 +51,16 @@ def classifications_table(
     return "\n".join(out)
 
 
+def number(value: float) -> str:
+    """A metric for people: whole numbers in full (17060, not 1.706e+04), others to 4
+    significant digits."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
 def _metrics(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())) or "-"
+    return " ".join(f"{k}={number(v)}" for k, v in sorted(metrics.items())) or "-"
 
 
 def models_table(models: Sequence[ModelInfo]) -> str:

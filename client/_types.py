@@ -42,6 +42,38 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """The result of a unary ``forecast``: ``horizon`` predicted points, never the series.
+
+    For a model with F features per point, ``values`` holds F values per point, row-major.
+    """
+
+    values: tuple[float, ...]
+    session_id: str = ""
+    """The session's id when its state was kept, else ``""``."""
+    observed_points: int = 0
+    predicted_points: int = 0
+    model: str = ""
+    model_version: int = 0
+
+
+@dataclass(frozen=True)
+class ForecastChunk:
+    """One piece of a streamed forecast; the chunks' values concatenate to the unary values."""
+
+    values: tuple[float, ...]
+    session_id: str = ""
+    """Set on the first chunk when the state is kept."""
+    done: bool = False
+    """True on the last chunk."""
+    observed_points: int = 0
+    predicted_points: int = 0
+    """Running total of points predicted so far."""
+    model: str = ""
+    model_version: int = 0
+
+
+@dataclass(frozen=True)
 class TokenWeight:
     """A token the classifier saw and its attention weight."""
 
@@ -68,7 +100,7 @@ class ModelInfo:
     name: str
     version: int = 0
     kind: str = ""
-    """``"charlm"`` or ``"classifier"``."""
+    """``"charlm"``, ``"classifier"`` or ``"forecast"``."""
     state: str = ""
     error: str = ""
     """Why loading failed (state ``"failed"``)."""

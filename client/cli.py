@@ -17,7 +17,7 @@ from collections.abc import Callable
 import grpc
 import rnnserve
 
-from . import _render
+from . import _plot, _render
 from ._channel import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from ._client import Client
 from ._exceptions import RnnserveError
@@ -63,6 +63,11 @@ def _connection_flags() -> argparse.ArgumentParser:
     )
     group.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting the CA(s) in FILE")
     group.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
+    group.add_argument("--tls-cert", metavar="FILE",
+                       help="mutual TLS: present the client certificate (PEM chain) in FILE; "
+                       "implies TLS and needs --tls-key")
+    group.add_argument("--tls-key", metavar="FILE",
+                       help="mutual TLS: the private key (PEM) of --tls-cert")
     parent.add_argument_group("output").add_argument(
         "--json", action="store_true", help="print JSON instead of text"
     )
@@ -116,6 +121,32 @@ def _add_classify(commands: argparse._SubParsersAction, common: argparse.Argumen
     p.set_defaults(handler=_cmd_classify)
 
 
+def _add_forecast(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "forecast",
+        parents=[common],
+        help="predict the next points of a series",
+        description="Send the observed VALUES of a series (oldest first) and print the next "
+        "--horizon predicted points, one per line.",
+        epilog="example: rnnserve forecast 0 0.2 0.39 0.56 0.72 --horizon 20 --plot out.png",
+    )
+    p.add_argument("values", nargs="*", type=float, metavar="VALUE",
+                   help="observed values (may be empty when continuing a --session)")
+    p.add_argument("--file", metavar="PATH",
+                   help="also read values from a CSV/text file: the last numeric column of each "
+                   "row ('-' = stdin; a non-numeric first row is a header)")
+    p.add_argument("--horizon", type=int, default=10, metavar="N",
+                   help="points to predict (default %(default)s)")
+    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    p.add_argument("--session", default="", metavar="ID", help="continue this session")
+    p.add_argument("--keep-session", action="store_true",
+                   help="keep the state for later; the session id goes to stderr (or the JSON)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="draw observed and predicted points to PNG (needs the [plot] extra: "
+                   "pip install 'rnnserve[plot]')")
+    p.set_defaults(handler=_cmd_forecast)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command except the delegated ``serve``/``train``."""
     parser = argparse.ArgumentParser(
@@ -134,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     _add_generate(commands, common)
     _add_classify(commands, common)
+    _add_forecast(commands, common)
 
     p = commands.add_parser(
         "models", parents=[common], help="list the server's models",
@@ -209,12 +241,22 @@ def _read(path: str) -> bytes:
         raise UsageError(f"cannot read {path}: {error.strerror}") from error
 
 
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the flags: --tls-ca (or --tls: the system's CAs), and for mutual
+    TLS a client certificate and key (--tls-cert/--tls-key, both or neither)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together (mutual TLS needs both)")
+    if not (args.tls_ca or args.tls or args.tls_cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca) if args.tls_ca else None,
+        private_key=_read(args.tls_key) if args.tls_key else None,
+        certificate_chain=_read(args.tls_cert) if args.tls_cert else None,
+    )
+
+
 def _client(args: argparse.Namespace) -> Client:
-    credentials = None
-    if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=_read(args.tls_ca))
-    elif args.tls:
-        credentials = grpc.ssl_channel_credentials()
+    credentials = _credentials(args)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     return Client(args.target, timeout=args.timeout, credentials=credentials, metadata=metadata)
 
@@ -285,6 +327,43 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         print(_render.to_json(rows))
     else:
         print(_render.classifications_table(texts, results, explain=args.explain))
+    return EXIT_OK
+
+
+def _series(args: argparse.Namespace) -> list[float]:
+    values = list(args.values)
+    if args.file:
+        data = sys.stdin.read() if args.file == "-" else _read(args.file).decode("utf-8")
+        rows = [line for line in data.splitlines() if line.strip()]
+        for i, line in enumerate(rows):
+            cell = line.replace(";", ",").split(",")[-1].strip()
+            try:
+                values.append(float(cell))
+            except ValueError:
+                if i == 0:
+                    continue  # a header row
+                raise UsageError(f"{args.file}: line {i + 1}: {cell!r} is not a number") from None
+    if not values and not args.session:
+        raise UsageError("no values given: pass VALUE arguments or --file PATH")
+    return values
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    series = _series(args)
+    if args.plot and not _plot.have_matplotlib():
+        raise UsageError("--plot needs matplotlib: pip install 'rnnserve[plot]'")
+    with _client(args) as client:
+        result = client.forecast(series, args.horizon, model=args.model,
+                                 session_id=args.session, keep_session=args.keep_session)
+    if args.json:
+        print(_render.to_json({"series": series, **dataclasses.asdict(result)}))
+    else:
+        print("\n".join(f"{v:.6g}" for v in result.values))
+        _report_session(result.session_id)
+    if args.plot:
+        _plot.forecast_plot(series, list(result.values), args.plot,
+                              title=f"{result.model} v{result.model_version}")
+        print(f"plot: {args.plot}", file=sys.stderr)
     return EXIT_OK
 
 

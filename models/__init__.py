@@ -5,9 +5,12 @@ torch only (never grpc/asyncio). Modules, one concept each:
 - :mod:`.vocab` — d2l ``Vocab`` (index 0 ``<unk>``, frequency order, first-seen ties);
 - :mod:`.text` — d2l corpus normalisation, character normalisation, word tokenizer;
 - :mod:`.charlm` — seed 000's ``RNNModel`` (nn.RNN/GRU/LSTM) with a fast serving step;
+- :mod:`.forecast` — seed 002's sine-wave forecaster ``Net`` generalised (``Forecaster``);
 - :mod:`.scratch` — the hand-written RNN/LSTM steps of seeds 000/004 (oracles, converters);
 - :mod:`.sentiment` — seed 001's ``SentimentRNN`` with attention weights for ``explain``;
-- :mod:`.checkpoint` — the model repository format and its safe loader;
+- :mod:`.kinds` — ``ModelKind`` and one class per kind (config checks, module, assets);
+- :mod:`.repository` — the model repository layout (names, versions, paths);
+- :mod:`.checkpoint` — config validation, the safe weights loader, saving a version;
 - :mod:`.training` — training functions and the ``rnnserve train`` command.
 """
 
@@ -24,6 +27,8 @@ from .checkpoint import (
     save_model,
     select_version,
 )
+from .forecast import ForecastConfig, Forecaster, forecast
+from .kinds import KindSpec, ModelKind, kind_spec
 from .sentiment import SentimentConfig, SentimentRNN
 from .text import (
     CharNormalization,
@@ -40,7 +45,11 @@ __all__ = [
     "CharLMConfig",
     "CharNormalization",
     "CheckpointError",
+    "ForecastConfig",
+    "Forecaster",
+    "KindSpec",
     "LoadedModel",
+    "ModelKind",
     "ModelSpec",
     "RNNModel",
     "SentimentConfig",
@@ -49,6 +58,8 @@ __all__ = [
     "WordTokenizer",
     "WordTokenizerConfig",
     "find_models",
+    "forecast",
+    "kind_spec",
     "list_model_dirs",
     "load_corpus",
     "load_model",

@@ -89,7 +89,6 @@ class RNNModel(nn.Module):
         else:
             self.num_directions = 2
             self.linear = nn.Linear(self.num_hiddens * 2, self.vocab_size)
-        self._eye: Tensor | None = None  # (V, V) one-hot rows, on the weights' device/dtype
 
     @classmethod
     def from_config(cls, cfg: CharLMConfig) -> RNNModel:
@@ -175,12 +174,14 @@ class RNNModel(nn.Module):
         return logits, new_state
 
     def _one_hot(self, tokens: Tensor) -> Tensor:
-        """``(B,)`` ids -> ``(B, V)`` one-hot rows in the weights' dtype (one gather)."""
+        """``(B,)`` ids -> ``(B, V)`` one-hot rows in the weights' dtype.
+
+        Built per step, so memory is B x V; a cached ``torch.eye(V)`` would hold V x V (1.6 GB
+        for a 20,000-character vocabulary). The rows are the same values, so the cell's
+        arithmetic (and every output bit) is unchanged.
+        """
         weight = self.linear.weight
-        eye = self._eye
-        if eye is None or eye.device != weight.device or eye.dtype != weight.dtype:
-            eye = self._eye = torch.eye(self.vocab_size, device=weight.device, dtype=weight.dtype)
-        return eye.index_select(0, tokens)
+        return F.one_hot(tokens.to(weight.device), self.vocab_size).to(weight.dtype)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:

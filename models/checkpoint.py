@@ -1,17 +1,18 @@
-"""The model repository format: ``<repo>/<name>/<version>/{config.json, model.pt}``.
+"""Checkpoints: config.json validation, the safe weights loader, and saving a model version.
 
-``config.json`` describes the architecture, the vocabulary (idx_to_token list), text
-normalisation / tokenizer and the training run with its held-out metrics; it is validated
-against ``config.schema.json`` (plus cross-field checks) *before* any tensor is read.
-``model.pt`` is a plain ``state_dict`` read with ``torch.load(..., weights_only=True)``: only a
-dict of dense tensors whose keys and shapes match the configured architecture is accepted.
-Names match ``NAME_RE``; every path is resolved and must stay inside its repository / version
-directory (no symlink escapes); files have size limits. Every refusal is a
-:class:`CheckpointError` whose message names the file and the mismatch.
+``config.json`` describes the kind (:class:`~.kinds.ModelKind`), the architecture and the
+kind's assets (vocabulary, text normalisation / tokenizer, input scaling) and the training run
+with its held-out metrics; it is validated against ``config.schema.json`` plus the kind's own
+cross-field checks *before* any tensor is read. ``model.pt`` is a plain ``state_dict`` read with
+``torch.load(..., weights_only=True)``: only a dict of dense tensors whose keys and shapes match
+the configured architecture is accepted. Files have size limits; paths are checked by
+:mod:`.repository`. Everything kind-specific is asked of :func:`~.kinds.kind_spec`. Every
+refusal is a :class:`CheckpointError` whose message names the file and the mismatch.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,32 +24,43 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from .charlm import CharLMConfig, RNNModel
-from .sentiment import SentimentConfig, SentimentRNN
-from .text import CharNormalization, WordTokenizer, WordTokenizerConfig
-from .vocab import Vocab
+from .kinds import DEFAULT_LABELS, ModelKind, kind_spec
+from .repository import (
+    CONFIG_FILE,
+    NAME_RE,
+    VERSION_RE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    list_model_dirs,
+    list_versions,
+    resolve_inside,
+    select_version,
+    validate_name,
+    version_dir,
+)
+
+__all__ = [  # the repository names are re-exported: callers import them from here too
+    "CONFIG_FILE", "DEFAULT_LABELS", "DEFAULT_MAX_BYTES", "MAX_CONFIG_BYTES", "NAME_RE",
+    "WEIGHTS_FILE", "CheckpointError", "LoadedModel", "ModelSpec", "build_module", "check_archive",
+    "clean_text",
+    "config_schema", "expected_shapes", "find_models", "list_model_dirs", "list_versions",
+    "load_model", "read_config", "read_state_dict", "resolve_inside", "save_model",
+    "select_version", "validate_config", "validate_name", "version_dir",
+]
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_NAME = re.compile(NAME_RE)
-_VERSION = re.compile(r"^[0-9]{1,9}$")
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
 MAX_CONFIG_BYTES = 16 * 2**20
 DEFAULT_MAX_BYTES = 512 * 2**20
-DEFAULT_LABELS = ["negative", "positive"]
-
-Kind = Literal["charlm", "classifier"]
-
-
-class CheckpointError(Exception):
-    """A model directory, config or weights file was refused; the message says which and why."""
+MAX_SCHEMA_ERRORS = 100
+MAX_FLOAT_BYTES = 8  # float64, the widest dtype a state_dict entry may have
+ARCHIVE_SLACK_BYTES = 2**20  # data.pkl, version and byteorder records of a torch.save archive
+ARCHIVE_BYTES_PER_KEY = 4096
 
 
 @dataclass(frozen=True)
@@ -57,102 +69,39 @@ class ModelSpec:
 
     name: str
     version: int
-    kind: Kind
+    kind: ModelKind
     path: Path
     config: dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve: module in eval mode on ``device`` plus its text handling."""
+    """A model ready to serve: module in eval mode on ``device`` plus its kind's assets.
+
+    ``assets`` is the kind's frozen value (:mod:`.kinds`): ``vocab`` and ``normalization`` for
+    a charlm; ``vocab``, ``tokenizer`` and ``labels`` for a classifier; ``features`` and
+    ``scaling`` for a forecaster. They read as attributes of the model too (``loaded.vocab``).
+    """
 
     name: str
     version: int
-    kind: Kind
+    kind: ModelKind
     config: dict
-    vocab: Vocab
-    module: RNNModel | SentimentRNN
-    normalization: CharNormalization | None  # charlm only
-    tokenizer: WordTokenizer | None  # classifier only
-    labels: list[str]
+    module: nn.Module
+    assets: Any
     device: torch.device
     path: Path | None = None
     num_parameters: int = field(default=0)
 
-
-# ---------------------------------------------------------------------------- names and paths
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid model name, else raise :class:`CheckpointError`."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise CheckpointError(f"invalid model name {name!r}: must match {NAME_RE}")
-    return name
-
-
-def resolve_inside(root: Path, path: Path) -> Path:
-    """``path`` fully resolved (symlinks followed); refuses anything outside ``root``."""
-    root_r = Path(root).resolve()
-    resolved = Path(path).resolve()
-    if resolved != root_r and root_r not in resolved.parents:
-        raise CheckpointError(f"{path}: resolves to {resolved}, outside {root_r}")
-    return resolved
-
-
-def list_model_dirs(repo: Path) -> list[tuple[str, Path]]:
-    """``(name, resolved dir)`` for each valid model directory in ``repo``, sorted by name.
-
-    Entries with an invalid name, that are not directories, or that resolve outside the
-    repository are skipped with a warning (one bad entry never hides the others).
-    """
-    repo_r = Path(repo).resolve()
-    if not repo_r.is_dir():
-        raise CheckpointError(f"{repo}: model repository is not a directory")
-    found = []
-    for entry in sorted(repo_r.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    def __getattr__(self, name: str) -> Any:
+        if name == "assets":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         try:
-            validate_name(entry.name)
-            resolved = resolve_inside(repo_r, entry)
-        except CheckpointError as err:
-            logger.warning("skipping %s: %s", entry, err)
-            continue
-        if resolved.is_dir():
-            found.append((entry.name, resolved))
-    return found
-
-
-def list_versions(model_dir: Path) -> list[int]:
-    """Numeric version directories of a model, ascending."""
-    model_r = Path(model_dir).resolve()
-    versions = []
-    for entry in model_r.iterdir():
-        if _VERSION.match(entry.name) and entry.is_dir():
-            try:
-                resolve_inside(model_r, entry)
-            except CheckpointError as err:
-                logger.warning("skipping %s: %s", entry, err)
-                continue
-            versions.append(int(entry.name))
-    return sorted(versions)
-
-
-def select_version(model_dir: Path, config_pin: int | None = None) -> int:
-    """The highest numeric version directory, or ``config_pin`` if given (it must exist)."""
-    versions = list_versions(model_dir)
-    if config_pin is not None:
-        if config_pin not in versions:
-            raise CheckpointError(
-                f"{model_dir}: pinned version {config_pin} not found (have {versions})"
-            )
-        return config_pin
-    if not versions:
-        raise CheckpointError(f"{model_dir}: no numeric version directories")
-    return versions[-1]
-
-
-def version_dir(model_dir: Path, version: int) -> Path:
-    """The resolved directory of ``version`` (must stay inside ``model_dir``)."""
-    return resolve_inside(Path(model_dir), Path(model_dir) / str(int(version)))
+            return getattr(self.assets, name)
+        except AttributeError:
+            raise AttributeError(
+                f"a {self.kind} model has no {name!r} (its assets: {type(self.assets).__name__})"
+            ) from None
 
 
 def find_models(repo: Path) -> list[ModelSpec]:
@@ -166,7 +115,7 @@ def find_models(repo: Path) -> list[ModelSpec]:
         except CheckpointError as err:
             logger.warning("skipping model %s: %s", name, err)
             continue
-        specs.append(ModelSpec(name, version, cfg["kind"], vdir, cfg))
+        specs.append(ModelSpec(name, version, ModelKind(cfg["kind"]), vdir, cfg))
     return specs
 
 
@@ -182,31 +131,61 @@ def validate_config(cfg: Any, source: str = "config.json") -> dict:
     """Schema + cross-field validation; returns ``cfg`` or raises :class:`CheckpointError`."""
     import jsonschema  # runtime dependency; imported lazily to keep `import rnnserve.models` light
 
+    _check_strings(cfg, source)
     validator = jsonschema.Draft202012Validator(config_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    # at most MAX_SCHEMA_ERRORS are looked at: a million bad entries cost one pass, not a sort
+    errors = sorted(itertools.islice(validator.iter_errors(cfg), MAX_SCHEMA_ERRORS),
+                    key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "<root>"
         raise CheckpointError(f"{source}: invalid config at {where}: {err.message}")
-    arch, vocab = cfg["architecture"], cfg["vocab"]
-    if arch["vocab_size"] != len(vocab):
+    vocab = cfg.get("vocab")  # the kinds with a vocabulary (the schema says which)
+    first_seen: dict[str, int] = {}
+    for index, token in enumerate(vocab or ()):  # uniqueness in one pass (no uniqueItems: O(n²))
+        if token in first_seen:
+            raise CheckpointError(
+                f"{source}: invalid config at vocab/{index}: {_echo(token)} is non-unique "
+                f"(duplicates vocab/{first_seen[token]})"
+            )
+        first_seen[token] = index
+    if vocab is not None and cfg["architecture"]["vocab_size"] != len(vocab):
         raise CheckpointError(
-            f"{source}: architecture.vocab_size is {arch['vocab_size']} "
+            f"{source}: architecture.vocab_size is {cfg['architecture']['vocab_size']} "
             f"but vocab has {len(vocab)} tokens"
         )
     try:
-        if cfg["kind"] == "charlm":
-            CharLMConfig(**arch)
-        else:
-            SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
-            tok = WordTokenizerConfig(**cfg["tokenizer"])
-            if tok.pad_index >= len(vocab):
-                raise ValueError(
-                    f"tokenizer.pad_index {tok.pad_index} outside vocab of {len(vocab)}"
-                )
+        kind_spec(cfg["kind"]).check(cfg)
     except (TypeError, ValueError, re.error) as err:
         raise CheckpointError(f"{source}: invalid config: {err}") from None
     return cfg
+
+
+def _check_strings(node: Any, source: str, where: str = "") -> None:
+    """Refuse any string (key or value) that is not well-formed Unicode, e.g. half a surrogate
+    pair written as a JSON escape ("\\ud83d"): it loads, but can never be encoded in a reply."""
+    stack: list[tuple[Any, str]] = [(node, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CheckpointError(
+                    f"{source}: invalid config at {path or '<root>'}: {_echo(item)} is not a "
+                    "well-formed string (a lone surrogate code point)"
+                ) from None
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                stack.append((key, path))
+                stack.append((value, f"{path}/{key}" if path else str(key)))
+        elif isinstance(item, list):
+            stack.extend((value, f"{path}/{i}") for i, value in enumerate(item))
+
+
+def _echo(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def read_config(version_dir: Path) -> dict:
@@ -231,21 +210,16 @@ def read_config(version_dir: Path) -> dict:
         raise CheckpointError(
             f"{path}: name {cfg['name']!r} does not match directory {vdir.parent.name!r}"
         )
-    if "version" in cfg and _VERSION.match(vdir.name) and cfg["version"] != int(vdir.name):
+    if "version" in cfg and VERSION_RE.fullmatch(vdir.name) and cfg["version"] != int(vdir.name):
         raise CheckpointError(
             f"{path}: version {cfg['version']} does not match directory {vdir.name!r}"
         )
     return cfg
 
 
-def build_module(cfg: dict) -> RNNModel | SentimentRNN:
+def build_module(cfg: dict) -> nn.Module:
     """A freshly initialised module for a validated config."""
-    arch = cfg["architecture"]
-    if cfg["kind"] == "charlm":
-        return RNNModel.from_config(CharLMConfig(**arch))
-    return SentimentRNN.from_config(
-        SentimentConfig(**{k: v for k, v in arch.items() if k != "type"})
-    )
+    return kind_spec(cfg["kind"]).build(cfg)
 
 
 def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -267,14 +241,11 @@ def read_state_dict(
     size = path.stat().st_size
     if size > max_bytes:
         raise CheckpointError(f"{path}: {size} bytes, over the {max_bytes} byte limit")
+    check_archive(path, expected)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: refused: holds pickled objects other than tensors "
-            f"(weights_only load): {first}"
-        ) from None
+        raise CheckpointError(f"{path}: refused: {_unpickling_reason(str(err))}") from None
     except (
         RuntimeError,
         EOFError,
@@ -287,8 +258,9 @@ def read_state_dict(
         AttributeError,
         ImportError,
     ) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: unreadable or truncated weights file: {first}") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated weights file: {_first_line(err)}"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}"
@@ -306,6 +278,14 @@ def read_state_dict(
             raise CheckpointError(
                 f"{path}: key {key!r} has dtype {value.dtype}, expected floating point"
             )
+    if obj and all(k.startswith("module.") for k in obj) and not any(
+            k.startswith("module.") for k in expected):
+        raise CheckpointError(
+            f"{path}: every key starts with 'module.' (e.g. {next(iter(obj))!r}): this looks "
+            "like a state_dict saved from nn.DataParallel or DistributedDataParallel. Save "
+            "net.module.state_dict() instead, or strip the prefix: "
+            "{k.removeprefix('module.'): v for k, v in state.items()}"
+        )
     missing = [k for k in expected if k not in obj]
     if missing:
         raise CheckpointError(
@@ -324,7 +304,86 @@ def read_state_dict(
             raise CheckpointError(
                 f"{path}: key {key!r} has shape {_fmt(got)}, config expects {_fmt(shape)}"
             )
+    for key, value in obj.items():
+        if not bool(torch.isfinite(value).all()):
+            bad = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise CheckpointError(
+                f"{path}: key {key!r} holds {bad} values; a model with non-finite weights "
+                "cannot give meaningful output"
+            )
     return obj
+
+
+def check_archive(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Bound what ``torch.load`` would read, from the archive's directory alone.
+
+    A ``torch.save`` file is a zip archive of *stored* (uncompressed) entries. A compressed
+    entry could inflate far past the file's size inside ``torch.load``, so it is refused; the
+    entries' uncompressed sizes must fit what the architecture needs (its parameters at 8 bytes
+    each at most, plus the pickle's small records). A file in the legacy (non-zip) format is
+    read as it is, so its own size is held to the same bound.
+    """
+    budget = (MAX_FLOAT_BYTES * sum(_numel(s) for s in expected.values())
+              + ARCHIVE_BYTES_PER_KEY * len(expected) + ARCHIVE_SLACK_BYTES)
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        if size > budget:
+            raise CheckpointError(
+                f"{path}: {size} bytes, more than the {budget} bytes the configured "
+                "architecture can need"
+            )
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable weights archive: {_first_line(err)}") from None
+    if len(entries) > 2 * len(expected) + 16:
+        raise CheckpointError(
+            f"{path}: {len(entries)} archive entries, more than a state_dict of "
+            f"{len(expected)} tensors has"
+        )
+    total = 0
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: archive entry {info.filename!r} is compressed; rnnserve reads only "
+                "torch.save's uncompressed archives (a compressed entry could inflate without "
+                "bound)"
+            )
+        total += info.file_size
+    if total > budget:
+        raise CheckpointError(
+            f"{path}: archive entries hold {total} bytes uncompressed, more than the {budget} "
+            "bytes the configured architecture can need"
+        )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without terminal escape sequences or control characters (newlines become ' ')."""
+    return _CONTROL.sub("", _ANSI.sub("", text).replace("\n", " ")).strip()
+
+
+def _first_line(err: BaseException) -> str:
+    text = _ANSI.sub("", str(err)).strip()
+    return clean_text(text.splitlines()[0]) if text else type(err).__name__
+
+
+def _unpickling_reason(message: str) -> str:
+    """Why a weights_only load refused a file, in one line that names the real cause."""
+    found = _UNSUPPORTED_GLOBAL.search(_ANSI.sub("", message))
+    if found:
+        return (f"the file pickles a whole object (unsupported global {found.group(1)}), not a "
+                "state_dict of tensors; rnnserve never unpickles objects. Save the weights "
+                "with torch.save(net.state_dict(), 'model.pt') instead of torch.save(net)")
+    first = _ANSI.sub("", message).strip().splitlines()
+    return ("holds pickled objects other than tensors (weights_only load): "
+            + (clean_text(first[0]) if first else "UnpicklingError"))
 
 
 def load_model(
@@ -364,27 +423,16 @@ def load_model(
         raise CheckpointError(f"{weights}: {err}") from None
     dev = torch.device(device)
     module = module.to(dev).eval()
-    vocab = Vocab(cfg["vocab"])
     name = cfg.get("name", vdir.parent.name)
-    version = cfg.get("version", int(vdir.name) if _VERSION.match(vdir.name) else 0)
-    if cfg["kind"] == "charlm":
-        normalization = cfg.get("text", {}).get("normalization", "none")
-        tokenizer, labels = None, []
-    else:
-        normalization = None
-        tokenizer = WordTokenizer(WordTokenizerConfig(**cfg["tokenizer"]))
-        labels = list(cfg.get("labels", DEFAULT_LABELS))
+    version = cfg.get("version", int(vdir.name) if VERSION_RE.fullmatch(vdir.name) else 0)
     logger.info("loaded %s/%s (%s) from %s on %s", name, version, cfg["kind"], vdir, dev)
     return LoadedModel(
         name=name,
         version=version,
-        kind=cfg["kind"],
+        kind=ModelKind(cfg["kind"]),
         config=cfg,
-        vocab=vocab,
         module=module,
-        normalization=normalization,
-        tokenizer=tokenizer,
-        labels=labels,
+        assets=kind_spec(cfg["kind"]).assets(cfg),
         device=dev,
         path=vdir,
         num_parameters=sum(p.numel() for p in module.parameters()),

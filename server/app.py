@@ -14,17 +14,19 @@ import os
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from rnnserve.server.classification import Classifier
+from rnnserve.server.classification import CLASSIFICATION, Classifier
 from rnnserve.server.errors import RnnserveError
-from rnnserve.server.generation import Generator
+from rnnserve.server.forecasting import FORECASTING, Forecasting
+from rnnserve.server.generation import GENERATION, Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
-from rnnserve.server.registry import CHARLM, CLASSIFIER, ModelRegistry, ModelState
+from rnnserve.server.registry import ModelRegistry, ModelState
+from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.servicers import (
     AdminServicer,
     ClassificationServicer,
+    ForecastServicer,
     GenerationServicer,
     ModelServicer,
 )
@@ -37,6 +39,8 @@ from rnnserve.v1 import (
     admin_pb2_grpc,
     classification_pb2,
     classification_pb2_grpc,
+    forecast_pb2,
+    forecast_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -49,10 +53,12 @@ GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationServi
 CLASSIFICATION_SERVICE = (
     classification_pb2.DESCRIPTOR.services_by_name["ClassificationService"].full_name
 )
+FORECAST_SERVICE = forecast_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SESSION_STORE_HEALTH = "rnnserve.session_store"
 """Health service name that reports the session store: NOT_SERVING while Redis is unreachable."""
+SERVING_KINDS = (GENERATION, CLASSIFICATION, FORECASTING)  # every kind of model this server serves
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -64,11 +70,13 @@ class RnnServer:
         self.settings = settings
         self.metrics = Metrics()
         self.sessions = make_session_store(settings, self.metrics)
-        self.registry = ModelRegistry(settings, self.metrics, on_change=self._models_changed,
+        self.registry = ModelRegistry(settings, self.metrics, SERVING_KINDS,
+                                      on_change=self._models_changed,
                                       on_retire=self.sessions.drop_model_version)
         self.generator = Generator(self.registry, self.sessions, settings, self.metrics)
         self.classifier = Classifier(self.registry, settings, self.metrics)
-        self.health = HealthServicer()
+        self.forecasting = Forecasting(self.registry, self.sessions, settings, self.metrics)
+        self.health = BoundedHealthServicer(settings.max_health_watches)
         self.port = settings.port
         self._metrics_http = MetricsHttpServer(
             self.metrics, settings.metrics_host, max(settings.metrics_port, 0)
@@ -97,19 +105,22 @@ class RnnServer:
             torch.set_num_threads(s.torch_threads)
         set_replica(f"{s.replica_name}/{os.getpid()}")
         credentials = server_credentials(s)
-        server = grpc.aio.server(interceptors=build_interceptors(s), options=[
+        server = grpc.aio.server(interceptors=build_interceptors(s, self.metrics), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            *keepalive_options(s),
         ])
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.generator, self.registry, self.metrics), server)
         classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
             ClassificationServicer(self.classifier, self.registry, self.metrics), server)
+        forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
+            ForecastServicer(self.forecasting, self.registry, self.metrics), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.metrics), server)
-        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE]
+        services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE]
         if s.admin_enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(self.registry, self.metrics), server)
@@ -125,8 +136,8 @@ class RnnServer:
             self.port = server.add_secure_port(address, credentials)
         else:
             self.port = server.add_insecure_port(address)
-        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, MODEL_SERVICE,
-                        SESSION_STORE_HEALTH):
+        for service in ("", GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE,
+                        MODEL_SERVICE, SESSION_STORE_HEALTH):
             await self.health.set(service, NOT_SERVING)
         await self.sessions.start()
         await self._store_health()
@@ -166,10 +177,14 @@ class RnnServer:
         await self.health.set("", SERVING if any_ready else NOT_SERVING)
         await self.health.set(MODEL_SERVICE, SERVING)
         await self.health.set(
-            GENERATION_SERVICE, SERVING if self.registry.service_ready(CHARLM) else NOT_SERVING)
+            GENERATION_SERVICE,
+            SERVING if self.registry.service_ready(GENERATION.kind) else NOT_SERVING)
         await self.health.set(
             CLASSIFICATION_SERVICE,
-            SERVING if self.registry.service_ready(CLASSIFIER) else NOT_SERVING)
+            SERVING if self.registry.service_ready(CLASSIFICATION.kind) else NOT_SERVING)
+        await self.health.set(
+            FORECAST_SERVICE,
+            SERVING if self.registry.service_ready(FORECASTING.kind) else NOT_SERVING)
 
     async def _store_health(self) -> None:
         up = getattr(self.sessions, "up", True)
@@ -208,6 +223,20 @@ class RnnServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The keepalive policy (docs/security.md): clients may ping every
+    ``keepalive_min_ping_interval_s`` or slower, with or without calls in flight and with no
+    data flowing (an idle Health watch); faster pings earn strikes and, past gRPC's limit of
+    2, a GOAWAY "too_many_pings"."""
+    interval_ms = int(settings.keepalive_min_ping_interval_s * 1000)
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", interval_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def build_server(settings: ServerSettings) -> RnnServer:

@@ -102,6 +102,11 @@ class ClassificationBatcher:
         """Texts whose request is still waiting (a version swap drains these before stopping)."""
         return self._unanswered
 
+    @property
+    def pending(self) -> int:
+        """The Runner protocol's drain count: :attr:`in_flight`."""
+        return self._unanswered
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._wake is not None

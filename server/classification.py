@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
+from rnnserve.models import LoadedModel, ModelKind
+from rnnserve.server.batcher import ClassificationBatcher
 from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import CLASSIFIER, ModelRegistry
+from rnnserve.server.registry import ModelRegistry
 from rnnserve.server.requests import ClassificationResult, ClassifyOutcome, TokenWeight
+from rnnserve.server.runner import ServingKind
 from rnnserve.server.settings import ServerSettings
+
+
+def make_batcher(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,
+                 settings: ServerSettings) -> ClassificationBatcher:
+    """The runner of a classifier: its dynamic batcher."""
+    return ClassificationBatcher(
+        loaded, name, executor, metrics,
+        max_batch_size=settings.classify_max_batch_size,
+        max_wait_ms=settings.classify_max_wait_ms, max_queued=settings.max_queued_texts,
+    )
+
+
+CLASSIFICATION: ServingKind[ClassificationBatcher] = ServingKind(
+    ModelKind.CLASSIFIER, "classifier", make_batcher,
+)
 
 
 class Classifier:
@@ -36,9 +56,8 @@ class Classifier:
 
     async def classify(self, model: str, texts: list[str], explain: bool) -> ClassifyOutcome:
         self.validate(texts)
-        entry = self._registry.ready(model, CLASSIFIER)
-        loaded, batcher = entry.loaded, entry.batcher
-        assert loaded is not None and loaded.tokenizer is not None and batcher is not None
+        entry = self._registry.ready(model, CLASSIFICATION)
+        loaded, batcher = entry.loaded, entry.runner
         encoded = [loaded.tokenizer.encode(text, loaded.vocab) for text in texts]
         scored = await batcher.score([e.ids for e in encoded])
         negative, positive = loaded.labels[0], loaded.labels[1]

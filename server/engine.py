@@ -182,6 +182,11 @@ class GenerationEngine:
     def active(self) -> int:
         return self._active
 
+    @property
+    def pending(self) -> int:
+        """Generations not finished yet (the Runner protocol's drain count)."""
+        return self._active
+
     # --- admission -----------------------------------------------------------------------------
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum."""

@@ -12,6 +12,7 @@
     ├── ModelLoadError              an admin load/reload was refused (the old version serves on)
     ├── SessionStoreUnavailableError  the shared session store (Redis) does not answer
     └── CancelledError              the client went away or the deadline passed
+        └── DeadlineExceededError   the deadline passed before the result was committed
 
 Nothing outside this tree reaches a client with its message: any other exception becomes INTERNAL
 with a generic message and a request id, and its traceback goes to the log only.
@@ -20,6 +21,16 @@ with a generic message and a request id, and its traceback goes to the log only.
 from __future__ import annotations
 
 from enum import StrEnum
+
+ECHO_CHARS = 48
+
+
+def echo(value: str) -> str:
+    """``repr(value)`` for a message, cut to ECHO_CHARS characters: a client's long id or name
+    is never sent back whole (it could exceed gRPC's metadata limit)."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return repr(value[:ECHO_CHARS]) + f"… ({len(value)} characters)"
 
 
 class RnnserveError(Exception):
@@ -45,7 +56,7 @@ class NotFoundError(RnnserveError):
 class ModelNotFoundError(NotFoundError):
     def __init__(self, name: str, known: list[str]) -> None:
         hint = ", ".join(sorted(known)) or "none loaded"
-        super().__init__(f"model: no model named {name!r} (available: {hint})")
+        super().__init__(f"model: no model named {echo(name)} (available: {hint})")
         self.name = name
 
 
@@ -79,14 +90,15 @@ _REASON_TEXT = {
 
 class SessionNotFoundError(NotFoundError):
     def __init__(self, session_id: str, reason: SessionGoneReason) -> None:
-        super().__init__(f"session_id: session {session_id!r} {_REASON_TEXT[reason]}")
+        super().__init__(f"session_id: session {echo(session_id)} {_REASON_TEXT[reason]}")
         self.reason = reason
 
 
 class SessionBusyError(RnnserveError):
     def __init__(self, session_id: str) -> None:
         super().__init__(
-            f"session_id: session {session_id!r} is busy with another request; retry when it ends"
+            f"session_id: session {echo(session_id)} is busy with another request; retry when "
+            "it ends"
         )
 
 
@@ -97,7 +109,7 @@ class ResourceExhaustedError(RnnserveError):
 class ModelNotReadyError(RnnserveError):
     def __init__(self, name: str, state: str, detail: str = "") -> None:
         extra = f": {detail}" if detail else ""
-        super().__init__(f"model {name!r} is not ready ({state}){extra}")
+        super().__init__(f"model {echo(name)} is not ready ({state}){extra}")
 
 
 class ModelLoadError(RnnserveError):
@@ -120,3 +132,10 @@ class SessionStoreUnavailableError(RnnserveError):
 
 class CancelledError(RnnserveError):
     """The request was cancelled by its client or its deadline."""
+
+
+class DeadlineExceededError(CancelledError):
+    """The call's deadline passed before its result was committed; nothing was stored."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the deadline passed before {what} was committed; nothing was stored")

@@ -10,24 +10,45 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
+from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
+from rnnserve.server.calls import call_expired
 from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import GenerationJob
+from rnnserve.server.engine import GenerationEngine, GenerationJob
 from rnnserve.server.errors import (
+    DeadlineExceededError,
     InvalidArgumentError,
     SessionGoneReason,
     SessionNotFoundError,
+    echo,
 )
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import CHARLM, ModelEntry, ModelRegistry
+from rnnserve.server.registry import ModelRegistry
 from rnnserve.server.requests import GenerateParams, GenerationChunk
+from rnnserve.server.runner import ServingKind, ServingModel
 from rnnserve.server.sessions import Session
 from rnnserve.server.settings import ServerSettings
 from rnnserve.server.store import SessionStoreBackend
 
 MAX_TEMPERATURE = 100.0
+
+
+def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,
+                settings: ServerSettings) -> GenerationEngine:
+    """The runner of a char language model: its continuous-batching generation engine."""
+    return GenerationEngine(
+        loaded, name, executor, metrics,
+        max_batch_size=settings.max_batch_size, max_active=settings.max_active_generations,
+        max_steps_per_iteration=settings.max_steps_per_iteration,
+    )
+
+
+GENERATION: ServingKind[GenerationEngine] = ServingKind(
+    ModelKind.CHARLM, "generation model", make_engine,
+)
 
 
 class Generator:
@@ -65,8 +86,8 @@ class Generator:
         entry, session, fresh = await self._open(params)
         try:
             loaded = entry.loaded
-            assert loaded is not None and entry.engine is not None
-            text = normalize_chars(params.prefix, loaded.normalization or "none")
+            check_stops_producible(params.options.stop, loaded.vocab.idx_to_token, entry.name)
+            text = normalize_chars(params.prefix, loaded.normalization)
             ids = loaded.vocab.encode(text)
             if session is not None and session.state is not None:
                 feed = [session.pending, *ids[:-1]] if ids else []
@@ -76,13 +97,13 @@ class Generator:
                 feed, pending, state = ids[:-1], ids[-1], None
             job = GenerationJob(feed=feed, pending=pending, state=state,
                                 max_tokens=max_tokens, options=params.options)
-            entry.engine.submit(job)
+            entry.runner.submit(job)
         except BaseException:
             await self._close(session, fresh, None)
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
-        version = entry.version  # a hot reload may swap the entry's version mid-stream
+        version = entry.version
         completed = False
         try:
             while True:
@@ -100,17 +121,18 @@ class Generator:
             job.cancelled = not completed
             await self._close(session, fresh, job if completed else None, len(ids))
 
-    async def _open(self, params: GenerateParams) -> tuple[ModelEntry, Session | None, bool]:
+    async def _open(self, params: GenerateParams
+                    ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
         """The model entry and the session (acquired or newly opened) for a request."""
         if params.session_id:
-            session = await self._sessions.acquire(params.session_id)
+            session = await self._sessions.acquire(params.session_id, owner=current_client())
             try:
                 if params.model and params.model != session.model:
                     raise InvalidArgumentError(
-                        "model", f"session {params.session_id!r} belongs to model "
-                        f"{session.model!r}, not {params.model!r}"
+                        "model", f"session {echo(params.session_id)} belongs to model "
+                        f"{session.model!r}, not {echo(params.model)}"
                     )
-                entry = self._registry.ready(session.model, CHARLM)
+                entry = self._registry.ready(session.model, GENERATION)
                 if entry.version != session.version:
                     await self._sessions.remove_unloaded(session)
                     raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
@@ -118,7 +140,7 @@ class Generator:
                 await self._sessions.release(session)
                 raise
             return entry, session, False
-        entry = self._registry.ready(params.model, CHARLM)
+        entry = self._registry.ready(params.model, GENERATION)
         if params.keep_session:
             session = await self._sessions.open(entry.name, entry.version, current_client())
             return entry, session, True
@@ -135,6 +157,9 @@ class Generator:
             else:
                 await self._sessions.release(session)
             return
+        if call_expired():  # checked at commit time: a turn reported failed changes nothing
+            await self._close(session, fresh, None)
+            raise DeadlineExceededError("the turn's session state")
         await self._sessions.release(session, job.final_state, job.final_pending,
                                added_tokens=prefix_tokens + job.generated)
 
@@ -142,7 +167,22 @@ class Generator:
         """EndSession: drop the session; returns the characters it had seen."""
         if not session_id:
             raise InvalidArgumentError("session_id", "must not be empty")
-        return (await self._sessions.end(session_id)).total_tokens
+        return (await self._sessions.end(session_id, owner=current_client())).total_tokens
+
+
+def check_stops_producible(stops: tuple[str, ...], tokens: list[str], model: str) -> None:
+    """INVALID_ARGUMENT for a stop string with a character no token of the model contains:
+    the model can never produce it, and the request would silently run to max_tokens."""
+    if not stops:
+        return
+    producible = set("".join(tokens))
+    for stop in stops:
+        missing = next((c for c in stop if c not in producible), None)
+        if missing is not None:
+            raise InvalidArgumentError(
+                "stop", f"{echo(stop)} can never be produced by model {model!r}: the character "
+                f"{missing!r} is not in its vocabulary"
+            )
 
 
 def check_options(options: DecodingOptions, settings: ServerSettings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -29,13 +30,20 @@ def _flag_type(annotation: Any) -> Any:
     return annotation if annotation in (int, float, str, Path) else str
 
 
+def _shown_default(value: Any) -> str:
+    if hasattr(value, "get_secret_value"):
+        return "none" if not value.get_secret_value() else "set"
+    if value is None or value == "":
+        return "none"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per settings field (``--max-batch-size`` for ``max_batch_size``), plus --config."""
     parser = argparse.ArgumentParser(
         prog="rnnserve serve",
         description="Serve the models of a model repository over gRPC. Every flag can also be "
         "set as an RNNSERVE_<NAME> environment variable or in a --config file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (JSON or TOML) with field names as keys")
@@ -46,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=_flag_type(field.annotation),
             default=None, choices=choices,
-            help=f"{field.description} [env RNNSERVE_{name.upper()}; default: {field.default}]",
+            help=f"{field.description} [env RNNSERVE_{name.upper()}; default: "
+            f"{_shown_default(field.default)}]",
         )
     return parser
 
@@ -58,29 +67,49 @@ def parse_settings(argv: list[str] | None) -> ServerSettings:
 
 
 async def serve(settings: ServerSettings) -> int:
-    """Run until SIGTERM or SIGINT, then drain within the grace period; returns the exit code."""
+    """Run until SIGTERM or SIGINT, then drain within the grace period; returns the exit code.
+
+    A signal that arrives while the models are still loading stops the server at once: the
+    start is cancelled and loading (in a daemon thread) is abandoned, never waited for.
+    """
     server = build_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await server.start()
-    except (ValueError, OSError, RuntimeError) as err:  # unreadable TLS/token files, port taken
-        logger.error("cannot start: %s", err)
-        await server.stop(grace=0)
-        return 2
-    if is_worker():
-        logger.info("worker ready: gRPC %s:%d", settings.host, server.port)
-        mark_ready()
-    else:
-        logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host, server.port,
-                    server.metrics_port)
-    await stop.wait()
-    logger.info("draining (grace %.1fs)", settings.grace_period_s)
-    await server.stop()
-    logger.info("stopped")
-    return 0
+        starting = asyncio.create_task(server.start(), name="start")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            logger.info("stop signal while starting: stopping without waiting for the models")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await server.stop(grace=0)
+            return 0
+        try:
+            starting.result()
+        except (ValueError, OSError, RuntimeError) as err:  # unreadable TLS/token files, ports
+            logger.error("cannot start: %s", err)
+            stopping.cancel()
+            await server.stop(grace=0)
+            return 2
+        if is_worker():
+            logger.info("worker ready: gRPC %s:%d", settings.host, server.port)
+            mark_ready()
+        else:
+            logger.info("rnnserve ready: gRPC %s:%d, metrics port %d", settings.host,
+                        server.port, server.metrics_port)
+        await stopping
+        logger.info("draining (grace %.1fs)", settings.grace_period_s)
+        await server.stop()
+        logger.info("stopped")
+        return 0
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ class Metrics:
         )
         self.time_to_first_token = Histogram(
             "rnnserve_time_to_first_token_seconds",
-            "Time from a generation's arrival to its first generated character.",
+            "Time from a generation's (or forecast's) arrival to its first generated character "
+            "(or predicted point).",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.inter_token_latency = Histogram(
@@ -69,6 +70,14 @@ class Metrics:
         self.prefix_tokens = Counter(
             "rnnserve_prefix_tokens_total", "Prefix characters consumed in warm-up.",
             ["model"], registry=r,
+        )
+        self.forecast_points = Counter(
+            "rnnserve_forecast_points_total",
+            "Points of forecast series, by phase: observed (sent) or predicted.",
+            ["model", "phase"], registry=r,
+        )
+        self.active_forecasts = Gauge(
+            "rnnserve_active_forecasts", "Forecasts predicting now.", ["model"], registry=r,
         )
         self.classified_texts = Counter(
             "rnnserve_classified_texts_total", "Texts classified.", ["model"], registry=r,
@@ -178,9 +187,14 @@ class MetricsHttpServer:
         return self._server.server_port if self._server else self._port
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host, registry=self._metrics.registry
-        )
+        """Serve /metrics; a port already taken is an OSError that names the address."""
+        try:
+            self._server, self._thread = start_http_server(
+                self._port, addr=self._host, registry=self._metrics.registry
+            )
+        except OSError as err:
+            raise OSError(err.errno, f"metrics port {self._host}:{self._port}: {err.strerror} "
+                          "(choose another with --metrics-port, or -1 for none)") from None
         logger.info("metrics on http://%s:%d/metrics", self._host, self.port)
 
     def stop(self) -> None:

@@ -64,9 +64,14 @@ PREFIX = "rnnserve:"
 INDEX = PREFIX + "index"  # sorted set: session id -> last use (epoch s), for the store-wide count
 TOMBSTONE_MS = 24 * 3600 * 1000
 
-# KEYS: record, lease, marker, gone   ARGV: token, lease_ms
-# -> {status, fields...}: status 1 = held (fields = the record), 0 = busy, -1 = gone (reason)
+# KEYS: record, lease, marker, gone   ARGV: token, lease_ms, check owner ('1'/'0'), owner
+# -> {status, fields...}: status 1 = held (fields = the record), 0 = busy, -1 = gone (reason);
+# another client's session reads as unknown, as in the memory store
 ACQUIRE = """
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1
+   and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[4] then
+  return {-1, 'unknown'}
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local reason = redis.call('GET', KEYS[4])
   if reason then return {-1, reason} end
@@ -140,6 +145,22 @@ def decode_state(fields: dict[bytes, bytes]) -> torch.Tensor | None:
     if not raw:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def encode_pending(pending: int | float | torch.Tensor) -> dict[str, Any]:
+    """The next step's input as record fields: a JSON number, or a tensor (``pending_*``)."""
+    if isinstance(pending, torch.Tensor):
+        return {"pending": "tensor", **{f"pending_{k}": v for k, v in encode_state(pending).items()}}
+    return {"pending": json.dumps(pending)}
+
+
+def decode_pending(fields: dict[bytes, bytes]) -> int | float | torch.Tensor:
+    if fields[b"pending"] == b"tensor":
+        prefix = b"pending_"
+        tensor = decode_state({k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)})
+        assert tensor is not None
+        return tensor
+    return json.loads(fields[b"pending"])
 
 
 def _password(settings: ServerSettings) -> str | None:
@@ -220,10 +241,11 @@ class RedisSessionStore:
         self._hold(session.id, token)
         return session
 
-    async def acquire(self, session_id: str) -> Session:
+    async def acquire(self, session_id: str, owner: str | None = None) -> Session:
         token = secrets.token_hex(16)
+        check = ["1", owner] if owner is not None else ["0", ""]
         reply = await self._call("acquire", self._scripts["acquire"](
-            keys=list(_keys(session_id)), args=[token, self._lease_ms]))
+            keys=list(_keys(session_id)), args=[token, self._lease_ms, *check]))
         status = int(reply[0])
         if status < 0:
             raise SessionNotFoundError(session_id, SessionGoneReason(reply[1].decode()))
@@ -234,13 +256,14 @@ class RedisSessionStore:
         self._hold(session_id, token)
         return Session(
             id=session_id, model=fields[b"model"].decode(), version=int(fields[b"version"]),
-            state=decode_state(fields), pending=json.loads(fields[b"pending"]),
+            state=decode_state(fields), pending=decode_pending(fields),
             total_tokens=int(fields[b"tokens"]), created_at=float(fields[b"created"]),
             last_used=float(fields[b"used"]), busy=True, owner=fields[b"owner"].decode(),
         )
 
     async def release(self, session: Session, state: torch.Tensor | None = None,
-                      pending: int | float | None = None, added_tokens: int = 0) -> None:
+                      pending: int | float | torch.Tensor | None = None,
+                      added_tokens: int = 0) -> None:
         token = self._let_go(session.id)
         if token is None:
             return
@@ -248,7 +271,7 @@ class RedisSessionStore:
         fields: dict[str, Any] = {"used": now}
         if state is not None and pending is not None:
             fields.update(encode_state(state))
-            fields["pending"] = json.dumps(pending)
+            fields.update(encode_pending(pending))
             fields["tokens"] = session.total_tokens + added_tokens
         args: list[Any] = [token, self._ttl_ms, self._marker_ms, now, session.id]
         for key, value in fields.items():
@@ -263,8 +286,8 @@ class RedisSessionStore:
     async def discard(self, session: Session) -> None:
         await self._remove(session.id, "")
 
-    async def end(self, session_id: str) -> Session:
-        session = await self.acquire(session_id)
+    async def end(self, session_id: str, owner: str | None = None) -> Session:
+        session = await self.acquire(session_id, owner)
         await self._remove(session_id, SessionGoneReason.ENDED.value)
         self._removed(session, SessionGoneReason.ENDED)
         return session

@@ -11,24 +11,32 @@ other), the old version's sessions are dropped (they answer NOT_FOUND "no longer
 the old engine is drained (in-flight work finishes, up to ``reload_drain_s``) before it stops.
 A version that fails to load leaves the old one serving; the refusal is logged, kept in the
 entry's ``error`` and not retried until its files change.
+
+The registry never branches on a model's kind: the composition root hands it one
+:class:`~rnnserve.server.runner.ServingKind` per kind, whose factory makes the model's runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import torch
+from rnnserve.models import ModelKind, kind_spec
 from rnnserve.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     LoadedModel,
+    clean_text,
     list_model_dirs,
     load_model,
     resolve_inside,
@@ -36,8 +44,6 @@ from rnnserve.models.checkpoint import (
     validate_name,
     version_dir,
 )
-from rnnserve.server.batcher import ClassificationBatcher
-from rnnserve.server.engine import GenerationEngine
 from rnnserve.server.errors import (
     InvalidArgumentError,
     ModelLoadError,
@@ -47,15 +53,12 @@ from rnnserve.server.errors import (
 )
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.requests import ModelDescription
+from rnnserve.server.runner import R, Runner, ServingKind, ServingModel
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-CHARLM = "charlm"
-CLASSIFIER = "classifier"
 DRAIN_POLL_S = 0.02
-
-Runner = GenerationEngine | ClassificationBatcher
 
 
 class ModelState(StrEnum):
@@ -71,18 +74,20 @@ class ModelEntry:
     name: str
     state: ModelState = ModelState.LOADING
     version: int = 0
-    kind: str = ""
+    kind: ModelKind | None = None  # known once a version has loaded
     error: str = ""  # why loading failed, or why a newer version was refused while this serves
     device: str = ""
-    loaded: LoadedModel | None = None
-    engine: GenerationEngine | None = None
-    batcher: ClassificationBatcher | None = None
+    serving: ServingModel[Any] | None = None  # the version that serves now (switched in one step)
     pinned: bool = False  # an admin LoadModel chose this version: polling leaves it alone
     refused: tuple[int, str] | None = None  # (version, files fingerprint) that failed to load
 
     @property
+    def loaded(self) -> LoadedModel | None:
+        return self.serving.loaded if self.serving is not None else None
+
+    @property
     def runner(self) -> Runner | None:
-        return self.engine if self.engine is not None else self.batcher
+        return self.serving.runner if self.serving is not None else None
 
 
 @dataclass(frozen=True)
@@ -135,11 +140,14 @@ class ModelRegistry:
     """Owns every model: what is in the repository, what is loaded, and their engines."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics,
+                 kinds: Sequence[ServingKind[Any]],
                  on_change: Callable[[], None] | None = None,
                  on_retire: Callable[[str, int], int] | None = None) -> None:
-        """``on_change`` runs after any readiness change; ``on_retire(name, version)`` when a
-        version stops serving (it drops that version's sessions and returns how many)."""
+        """``kinds``: how to serve each kind of model (a model of a kind not among them fails
+        to load); ``on_change`` runs after any readiness change; ``on_retire(name, version)``
+        when a version stops serving (it drops that version's sessions and returns how many)."""
         self._settings = settings
+        self._kinds: dict[ModelKind, ServingKind[Any]] = {k.kind: k for k in kinds}
         self._metrics = metrics
         self._on_change = on_change or (lambda: None)
         self._on_retire = on_retire or (lambda name, version: 0)
@@ -147,7 +155,7 @@ class ModelRegistry:
         self._info_labels: dict[str, tuple[str, ...]] = {}
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="rnnserve-loader")
+        self._defaults: dict[str, str] = {}  # kind -> the default pinned when it first served
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.device = resolve_device(settings.device)
@@ -173,6 +181,12 @@ class ModelRegistry:
         self._on_change()
         ready = [e.name for e in self._entries.values() if e.state is ModelState.READY]
         logger.info("models ready: %s", ", ".join(ready) or "none")
+        for kind, name in sorted(self._defaults.items()):
+            same = [e.name for e in self.entries() if e.kind == kind]
+            if len(same) > 1 and not self._settings.default_model(kind):
+                logger.warning("%d %s models and no default configured: %s serves requests "
+                               "that name no model (set %s to choose)", len(same), kind, name,
+                               self._settings.default_model_field(kind))
 
     async def load(self, name: str, version: int = 0) -> SwapResult:
         """Serve ``version`` of ``name`` (0: its highest) in place of what serves now.
@@ -203,6 +217,13 @@ class ModelRegistry:
                 self._metrics.model_info.remove(*labels)
             dropped = self._on_retire(name, entry.version) if entry.loaded is not None else 0
             self._retire(entry.runner)
+            if self._defaults.get(entry.kind) == name:
+                del self._defaults[entry.kind]
+                successor = self.default_name(entry.kind)
+                if successor:
+                    self._defaults[entry.kind] = successor
+                logger.warning("default %s model %s unloaded; the default is now %s",
+                               entry.kind, name, successor or "none")
             self._on_change()
             logger.info("model %s version %d unloaded (%d sessions dropped)",
                         name, entry.version, dropped)
@@ -242,7 +263,7 @@ class ModelRegistry:
             repo = self._settings.model_repository
             model_dir = resolve_inside(repo, Path(repo) / name)
         except CheckpointError as err:
-            raise InvalidArgumentError("name", str(err)) from None
+            raise InvalidArgumentError("name", self._for_clients(str(err))) from None
         if not model_dir.is_dir():
             raise ModelNotFoundError(name, list(self._entries))
         return model_dir
@@ -262,14 +283,14 @@ class ModelRegistry:
             wanted = version if version is not None else select_version(model_dir)
             vdir = version_dir(model_dir, wanted)
             mark = (wanted, fingerprint(vdir))
-            loaded = await asyncio.get_running_loop().run_in_executor(
-                self._loader, load_model, vdir, self.device,
+            loaded = await run_detached(
+                load_model, vdir, self.device,
                 self._settings.max_checkpoint_bytes, self._settings.model_repository,
             )
             runner = await self._start_runner(name, loaded)
         except Exception as err:  # noqa: BLE001 - any failure is the model's, not the server's
             known = isinstance(err, CheckpointError | OSError | ValueError)
-            reason = str(err) if known else f"{type(err).__name__}: {err}"
+            reason = self._for_clients(str(err) if known else f"{type(err).__name__}: {err}")
             self._refuse(entry, wanted, mark, reason, log_trace=not known)
             serving = entry.version if entry.state is ModelState.READY else 0
             raise ModelLoadError(name, wanted, reason, serving) from None
@@ -283,22 +304,19 @@ class ModelRegistry:
                         name, entry.version, previous, dropped)
         return SwapResult(entry, previous, dropped)
 
+    def _for_clients(self, text: str) -> str:
+        """A refusal as clients may see it: files named relative to the model repository (never
+        the server's absolute paths), one line, no control characters."""
+        root = str(Path(self._settings.model_repository).resolve())
+        text = text.replace(root + os.sep, "").replace(root, "<model repository>")
+        return clean_text(text)
+
     async def _start_runner(self, name: str, loaded: LoadedModel) -> Runner:
-        s = self._settings
+        serving = self._kinds.get(loaded.kind)
+        if serving is None:
+            raise ValueError(f"this server does not serve {loaded.kind} models")
         executor = self._executors.for_device(self.device)
-        runner: Runner
-        if loaded.kind == CHARLM:
-            runner = GenerationEngine(
-                loaded, name, executor, self._metrics,
-                max_batch_size=s.max_batch_size, max_active=s.max_active_generations,
-                max_steps_per_iteration=s.max_steps_per_iteration,
-            )
-        else:
-            runner = ClassificationBatcher(
-                loaded, name, executor, self._metrics,
-                max_batch_size=s.classify_max_batch_size, max_wait_ms=s.classify_max_wait_ms,
-                max_queued=s.max_queued_texts,
-            )
+        runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
         await runner.start()
         return runner
 
@@ -317,10 +335,11 @@ class ModelRegistry:
 
     def _install(self, entry: ModelEntry, loaded: LoadedModel, runner: Runner, pin: bool) -> None:
         """Switch the entry to the new version in one synchronous step."""
-        entry.loaded, entry.version, entry.kind = loaded, loaded.version, loaded.kind
-        entry.engine = runner if isinstance(runner, GenerationEngine) else None
-        entry.batcher = runner if isinstance(runner, ClassificationBatcher) else None
+        entry.serving = ServingModel(entry.name, loaded.version, loaded, runner)
+        entry.version, entry.kind = loaded.version, loaded.kind
         entry.state, entry.error, entry.refused, entry.pinned = ModelState.READY, "", None, pin
+        if self._defaults.get(entry.kind) not in self._entries:
+            self._defaults[entry.kind] = entry.name  # pinned: a model added later never moves it
         m = self._metrics
         m.model_ready.labels(entry.name).set(1)
         old = self._info_labels.pop(entry.name, None)
@@ -343,11 +362,11 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.reload_drain_s
         try:
-            while _pending(runner) and loop.time() < deadline:
+            while runner.pending and loop.time() < deadline:
                 await asyncio.sleep(DRAIN_POLL_S)
-            if _pending(runner):
+            if runner.pending:
                 logger.warning("model %s: stopping an old version with %d requests in flight",
-                               runner.name, _pending(runner))
+                               runner.name, runner.pending)
         finally:
             await runner.stop()
 
@@ -360,7 +379,6 @@ class ModelRegistry:
                 await entry.runner.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._executors.shutdown)
-        await loop.run_in_executor(None, self._loader.shutdown)
 
     async def wait_retired(self) -> None:
         """Wait until every old version has been drained and stopped (for tests and shutdown)."""
@@ -377,48 +395,80 @@ class ModelRegistry:
             raise ModelNotFoundError(name, list(self._entries))
         return entry
 
-    def default_name(self, kind: str) -> str:
-        """The default model of a kind: the configured one, else the first ready one by name."""
-        configured = (self._settings.default_generation_model if kind == CHARLM
-                      else self._settings.default_classifier)
+    def default_name(self, kind: ModelKind | None) -> str:
+        """The default model of a kind: the configured one, else the one pinned when the kind
+        first served (the first ready by name at start; a model added later never moves it;
+        if it is unloaded, the first ready by name then), else the first of the kind by name."""
+        if kind is None or kind not in self._kinds:
+            return ""
+        configured = self._settings.default_model(kind)
         if configured:
             return configured
+        pinned = self._defaults.get(kind)
+        if pinned in self._entries:
+            return pinned
         candidates = [e for e in self.entries() if e.kind == kind]
         ready = [e for e in candidates if e.state is ModelState.READY]
         chosen = ready or candidates
         return chosen[0].name if chosen else ""
 
-    def ready(self, name: str, kind: str) -> ModelEntry:
-        """The ready model ``name`` (or the default of ``kind`` when empty)."""
-        name = name or self.default_name(kind)
+    def ready(self, name: str, serving: ServingKind[R]) -> ServingModel[R]:
+        """The ready model ``name`` (or the default of the kind when empty), with its runner."""
+        name = name or self.default_name(serving.kind)
         if not name:
-            what = "generation model" if kind == CHARLM else "classifier"
             if any(e.state is ModelState.LOADING for e in self._entries.values()):
-                raise ModelNotReadyError(f"<default {what}>", "loading",
+                raise ModelNotReadyError(f"<default {serving.what}>", "loading",
                                          "the repository's models are still loading")
-            raise NoDefaultModelError(what, list(self._entries))
+            raise NoDefaultModelError(serving.what, list(self._entries))
         entry = self.entry(name)
-        if entry.state is not ModelState.READY:
+        if entry.state is not ModelState.READY or entry.serving is None:
             raise ModelNotReadyError(name, entry.state.value, entry.error)
-        if entry.kind != kind:
-            wanted = "a generation model" if kind == CHARLM else "a classifier"
-            raise InvalidArgumentError("model", f"{name!r} is a {entry.kind} model, not {wanted}")
-        return entry
+        if entry.kind != serving.kind:
+            raise InvalidArgumentError(
+                "model", f"{name!r} is a {entry.kind} model, not a {serving.what}")
+        return entry.serving
 
-    def service_ready(self, kind: str) -> bool:
+    def service_ready(self, kind: ModelKind) -> bool:
         """Whether the default model of a kind serves (drives the service's health)."""
         name = self.default_name(kind)
         entry = self._entries.get(name)
         return entry is not None and entry.state is ModelState.READY
 
 
+async def run_detached(fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
+    """``fn(*args)`` in a daemon thread of its own, awaited without blocking the event loop.
+
+    Loading may take long on a big or hostile checkpoint; shutdown (SIGTERM) never waits for
+    it: cancelling the await abandons the thread, and the process exits without joining it.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[LoadedModel] = loop.create_future()
+
+    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, err
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the event loop is gone (shutdown): nobody waits any more
+
+    threading.Thread(target=work, name="rnnserve-loader", daemon=True).start()
+    return await future
+
+
 def describe(loaded: LoadedModel) -> str:
-    """A short architecture summary, such as 'lstm 2x256'."""
-    arch = loaded.config.get("architecture", {})
-    if loaded.kind == CHARLM:
-        return f"{arch.get('cell', '?')} {arch.get('num_layers', 1)}x{arch.get('num_hiddens', '?')}"
-    bi = "bi" if arch.get("bidirectional") else ""
-    return f"sentiment {bi}lstm {arch.get('no_layers', 1)}x{arch.get('hidden_dim', '?')}"
+    """A short architecture summary, such as 'lstm 2x256' (the kind's words)."""
+    return kind_spec(loaded.kind).describe(loaded.config)
 
 
 def numeric_metrics(config: dict) -> dict[str, float]:
@@ -434,20 +484,13 @@ def describe_entry(entry: ModelEntry, is_default: bool) -> ModelDescription:
     return ModelDescription(
         name=entry.name,
         version=entry.version,
-        kind=entry.kind,
+        kind=entry.kind.value if entry.kind is not None else "",
         state=entry.state.value,
         error=entry.error,
         device=entry.device,
         is_default=is_default,
         architecture=describe(loaded) if loaded else "",
-        vocab_size=len(loaded.vocab) if loaded else 0,
+        vocab_size=kind_spec(loaded.kind).vocab_size(loaded.config) if loaded else 0,
         parameters=loaded.num_parameters if loaded else 0,
         metrics=numeric_metrics(loaded.config) if loaded else {},
     )
-
-
-def _pending(runner: Runner) -> int:
-    """Requests still using a runner."""
-    if isinstance(runner, GenerationEngine):
-        return runner.active
-    return runner.in_flight

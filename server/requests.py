@@ -68,3 +68,27 @@ class ModelDescription:
     vocab_size: int
     parameters: int
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ForecastParams:
+    """A Forecast / ForecastStream request, as the serving logic sees it."""
+
+    model: str = ""
+    series: tuple[float, ...] = ()  # observed values, points x features, row-major
+    horizon: int = 0
+    session_id: str = ""
+    keep_session: bool = False
+
+
+@dataclass(frozen=True)
+class ForecastChunk:
+    """Predicted values (points x features, row-major); the last chunk has ``done``."""
+
+    values: tuple[float, ...]
+    session_id: str
+    done: bool
+    observed_points: int
+    predicted_points: int  # running total
+    model: str
+    model_version: int

@@ -50,7 +50,8 @@ class Session:
     model: str
     version: int
     state: torch.Tensor | None = None  # (S, L, H) on the model's device; None until first request
-    pending: int = 0  # index of the last character of the text: the next step's input
+    pending: int | torch.Tensor = 0  # the next step's input: the text's last character index
+    # (charlm), or the last predicted point, (F,) in the model's space (forecast)
     total_tokens: int = 0
     created_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -116,9 +117,15 @@ class SessionStore:
         self._metrics.sessions_active.labels(model).inc()
         return session
 
-    def acquire(self, session_id: str) -> Session:
-        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy."""
+    def acquire(self, session_id: str, owner: str | None = None) -> Session:
+        """Take a session for one request: NOT_FOUND if gone, ABORTED if already busy.
+
+        With ``owner`` given (the caller's identity), a session opened by another client is
+        NOT_FOUND as if it did not exist: only its owner may use or end it.
+        """
         session = self._sessions.get(session_id)
+        if session is not None and owner is not None and session.owner != owner:
+            raise SessionNotFoundError(session_id, SessionGoneReason.UNKNOWN)
         if session is not None and self._is_expired(session):
             self._remove(session, SessionGoneReason.EXPIRED)
             session = None
@@ -152,9 +159,10 @@ class SessionStore:
             self._unaccount(session)
             self._disown(session)
 
-    def end(self, session_id: str) -> Session:
-        """EndSession: remove and return the session (NOT_FOUND if gone, ABORTED if busy)."""
-        session = self.acquire(session_id)
+    def end(self, session_id: str, owner: str | None = None) -> Session:
+        """EndSession: remove and return the session (NOT_FOUND if gone or another owner's,
+        ABORTED if busy)."""
+        session = self.acquire(session_id, owner)
         self._remove(session, SessionGoneReason.ENDED)
         return session
 

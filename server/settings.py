@@ -37,6 +37,14 @@ class ServerSettings(BaseSettings):
     max_concurrent_streams: int = Field(
         100, ge=1, description="Most calls in flight on one client connection (HTTP/2 streams)."
     )
+    keepalive_min_ping_interval_s: float = Field(
+        1.0, gt=0, description="Shortest interval at which clients may send HTTP/2 keepalive "
+        "pings (also with no call in flight); faster pings are answered with GOAWAY.",
+    )
+    max_health_watches: int = Field(
+        100, ge=1, description="Most concurrent grpc.health.v1 Watch streams (open to every "
+        "client); past it a new Watch is RESOURCE_EXHAUSTED.",
+    )
     default_deadline_s: float = Field(
         300.0, ge=0,
         description="Deadline the server applies to a call that brings none (0 = none).",
@@ -75,10 +83,15 @@ class ServerSettings(BaseSettings):
     )
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.")
     default_generation_model: str = Field(
-        "", description="Model used when a Generate request names none ('' = first charlm by name)."
+        "", description="Model used when a Generate request names none ('' = the first charlm "
+        "ready at start, by name, kept while it is loaded: adding a model never moves it).",
     )
     default_classifier: str = Field(
-        "", description="Model used when a Classify request names none ('' = first classifier)."
+        "", description="Model used when a Classify request names none ('' = the first "
+        "classifier ready at start, by name, kept while it is loaded).",
+    )
+    default_forecaster: str = Field(
+        "", description="Model used when a Forecast request names none ('' = first forecaster)."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
     max_checkpoint_bytes: int = Field(
@@ -109,6 +122,20 @@ class ServerSettings(BaseSettings):
     )
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
+    )
+
+    # --- forecasting ---------------------------------------------------------------------------
+    max_horizon: int = Field(4096, ge=1, description="Largest horizon (points) a Forecast may ask.")
+    max_series_points: int = Field(
+        65536, ge=1, description="Most observed values (points x features) one Forecast may send."
+    )
+    forecast_batch_invariant: bool = Field(
+        True, description="Run each forecast row with batch-1 kernels (the seed's numbers, "
+        "identical alone or batched); false: one batched call per step, faster, last bits may "
+        "depend on batch mates.",
+    )
+    max_active_forecasts: int = Field(
+        512, ge=1, description="Forecasts running or queued per model; past it RESOURCE_EXHAUSTED."
     )
 
     # --- sessions ------------------------------------------------------------------------------
@@ -167,6 +194,15 @@ class ServerSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
+    def default_model(self, kind: str) -> str:
+        """The configured default model of a kind ('' when none is configured)."""
+        return _default_model(self, kind)
+
+    @staticmethod
+    def default_model_field(kind: str) -> str:
+        """The setting that names a kind's default model."""
+        return DEFAULT_MODEL_FIELDS.get(kind, "")
+
     @model_validator(mode="after")
     def _check_security(self) -> ServerSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -187,6 +223,19 @@ class ServerSettings(BaseSettings):
                 "or run one worker"
             )
         return self
+
+
+DEFAULT_MODEL_FIELDS = {
+    "charlm": "default_generation_model",
+    "classifier": "default_classifier",
+    "forecast": "default_forecaster",
+}
+"""Model kind -> the setting naming its default model (a new kind adds one row and one field)."""
+
+
+def _default_model(settings: ServerSettings, kind: str) -> str:
+    field = DEFAULT_MODEL_FIELDS.get(kind)
+    return str(getattr(settings, field)) if field else ""
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ SessionStore`); ``redis://HOST:PORT/DB`` or ``rediss://...`` keeps them in Redis
 (:mod:`rnnserve.server.redis_store`), where every worker of every replica can continue every
 session. Both hand out :class:`~rnnserve.server.sessions.Session` objects whose ``state`` is a
 tensor and whose ``pending`` is the value the next step starts from (a character index for a
-char model; any JSON number fits, so other kinds of sessions can use the same store).
+char model, a tensor for a forecaster: :data:`Pending`).
 
 Errors (all from :mod:`rnnserve.server.errors`): ``SessionNotFoundError`` (gone, with the
 reason), ``SessionBusyError`` (another request holds it: ABORTED), ``ResourceExhaustedError``
@@ -22,6 +22,9 @@ from rnnserve.server.metrics import Metrics
 from rnnserve.server.sessions import Session, SessionStore
 from rnnserve.server.settings import ServerSettings
 
+Pending = int | float | torch.Tensor
+"""The value the next step starts from: a character index, or a forecaster's last point."""
+
 
 class SessionStoreBackend(Protocol):
     """What the serving logic needs from a session store (every call may await the network)."""
@@ -32,14 +35,15 @@ class SessionStoreBackend(Protocol):
     async def stop(self) -> None: ...
     async def open(self, model: str, version: int, owner: str = "") -> Session:
         """A new session, already held by the caller (its first request runs)."""
-    async def acquire(self, session_id: str) -> Session:
-        """Hold a session for one request: NOT_FOUND if gone, ABORTED if held elsewhere."""
+    async def acquire(self, session_id: str, owner: str | None = None) -> Session:
+        """Hold a session for one request: NOT_FOUND if gone (or, with ``owner``, another
+        client's), ABORTED if held elsewhere."""
     async def release(self, session: Session, state: torch.Tensor | None = None,
-                      pending: int | float | None = None, added_tokens: int = 0) -> None:
+                      pending: Pending | None = None, added_tokens: int = 0) -> None:
         """Let go of a session, storing its new state (None keeps the old one)."""
     async def discard(self, session: Session) -> None:
         """Forget a session whose first request failed."""
-    async def end(self, session_id: str) -> Session:
+    async def end(self, session_id: str, owner: str | None = None) -> Session:
         """EndSession: remove and return the session (NOT_FOUND, ABORTED as acquire)."""
     async def remove_unloaded(self, session: Session) -> None:
         """Remove a held session whose model version is no longer served."""
@@ -71,18 +75,18 @@ class MemorySessionStore:
     async def open(self, model: str, version: int, owner: str = "") -> Session:
         return self.memory.open(model, version, owner)
 
-    async def acquire(self, session_id: str) -> Session:
-        return self.memory.acquire(session_id)
+    async def acquire(self, session_id: str, owner: str | None = None) -> Session:
+        return self.memory.acquire(session_id, owner)
 
     async def release(self, session: Session, state: torch.Tensor | None = None,
-                      pending: int | float | None = None, added_tokens: int = 0) -> None:
+                      pending: Pending | None = None, added_tokens: int = 0) -> None:
         self.memory.release(session, state, pending, added_tokens)  # type: ignore[arg-type]
 
     async def discard(self, session: Session) -> None:
         self.memory.discard(session)
 
-    async def end(self, session_id: str) -> Session:
-        return self.memory.end(session_id)
+    async def end(self, session_id: str, owner: str | None = None) -> Session:
+        return self.memory.end(session_id, owner)
 
     async def remove_unloaded(self, session: Session) -> None:
         self.memory.release(session)

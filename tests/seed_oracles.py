@@ -1,11 +1,13 @@
 """The seed documents' code, verbatim, as test oracles (shared by every test that needs it).
 
-Seed 000 (d2l.ai chapter 8): ``RNNModel`` and ``predict_ch8``; seed 001: ``SentimentRNN``.
+Seed 000 (d2l.ai chapter 8): ``RNNModel`` and ``predict_ch8``; seed 001: ``SentimentRNN``;
+seed 002: the sine-wave forecaster ``Net`` (its test loop is ``seed_forecast`` below, written
+as the issue states the semantics: zero state, run over the series, feed predictions back).
 ``SeedVocab`` is the part of d2l's ``Vocab`` that ``predict_ch8`` uses (unknown tokens map to
 index 0, ``<unk>``).
 """
 
-# ruff: noqa: E731, UP008  (the seed code below is kept verbatim)
+# ruff: noqa: E731, E501, UP008  (the seed code below is kept verbatim)
 
 from __future__ import annotations
 
@@ -144,6 +146,58 @@ class SentimentRNN(nn.Module):
 
 
 # ------------------------------------------------------------------------------ end of seed
+
+
+# ----------------------------------------------------------------------- seed 002, verbatim
+class Net(nn.Module):
+    def __init__(self):
+        super(Net,self).__init__()
+        # RNN
+        self.rnn = nn.RNN(
+            input_size = 1, # feature_len = 1
+            hidden_size = 16, # 隐藏层记忆单元尺寸
+            num_layers = 1,# 层数
+            batch_first = True  # 确保输入时 按照[batch,seq_len,feature_len]的模式 1 x 50 x 1
+        )
+
+        #  对RNN 进行参数初始化
+        for p in self.rnn.parameters():
+            nn.init.normal_(p,mean=0.0,std=0.001)
+
+        #  输出层 直接使用一个线性变换 吧每一个时刻的记忆单元的Hidden_len的输出为所需要的feature_len = 1 因为是一个数据点
+        #  50 x 16 -> 50 x 1
+        self.linear = nn.Linear(16,1)
+
+
+    def forward(self,x,h):
+        # 这里的out原始形状是 1 x 50 x 16 最后变成 50 x 16
+        # h的原始形状是 1x 1  x 16
+        out,h = self.rnn(x,h)
+        # 因为最后需要传递给线性层处理,所以需要展平
+        out = out.view(-1,16)
+        out = self.linear(out)
+
+        # 在把batch维度添加进去
+        out = out.unsqueeze(dim=0)
+
+        return out,h
+# ------------------------------------------------------------------------------ end of seed
+
+
+@torch.no_grad()
+def seed_forecast(model, series, horizon):
+    """Seed 002's test loop from a zero state: the model runs over every point of ``series``
+    (a list of floats); the last output is the first prediction, each prediction is the next
+    input. Returns ``horizon`` floats."""
+    h = torch.zeros(1, 1, 16)
+    x = torch.tensor(series, dtype=torch.float32).view(1, len(series), 1)
+    out, h = model(x, h)
+    pred = out[:, -1:, :]  # (1, 1, 1)
+    predictions = [pred.detach().data.numpy().ravel()[0]]
+    for _ in range(horizon - 1):
+        pred, h = model(pred, h)
+        predictions.append(pred.detach().data.numpy().ravel()[0])
+    return [float(p) for p in predictions]
 
 
 class SeedVocab:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..charlm import CharLMConfig, RNNModel
+from ..kinds import ModelKind
 from ..vocab import Vocab
 from .common import EarlyStopping, progress, round_floats
 
@@ -238,7 +239,7 @@ def charlm_config_json(
     return {
         "name": name,
         "version": version,
-        "kind": "charlm",
+        "kind": ModelKind.CHARLM.value,
         "architecture": result.arch.to_dict(),
         "vocab": result.vocab.idx_to_token,
         "text": {"normalization": normalization, "training_normalization": "d2l"},

@@ -2,6 +2,8 @@
 
     python -m rnnserve.models.training.cli charlm --corpus FILE --out DIR [options]
     python -m rnnserve.models.training.cli sentiment --pos FILE --neg FILE --out DIR [options]
+    python -m rnnserve.models.training.cli forecast --wave sine --out DIR [options]
+    python -m rnnserve.models.training.cli forecast --series FILE.csv --out DIR [options]
 
 ``--out`` is the version directory (e.g. ``model_repository/timemachine/1``); it receives
 ``config.json`` (architecture, vocab, text settings, the exact command line and arguments, and
@@ -40,11 +42,16 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+CHOICES = {"cell": ("rnn", "gru", "lstm"), "nonlinearity": ("tanh", "relu")}
+"""Flags whose values are a fixed set (shown by --help, checked by argparse)."""
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _parse_bool if isinstance(f.default, bool) else type(f.default)
-        parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
+        parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                            help=f"(default: {f.default})")
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +72,10 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnserve train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="rnnserve train",
+        description="Train the char LM or the sentiment classifier and write a model version "
+        "(config.json + model.pt) into --out.")
     sub = parser.add_subparsers(dest="task", required=True)
     p = sub.add_parser("charlm", help="character language model (seed 000 RNNModel)")
     p.add_argument("--corpus", required=True, type=Path, help="text file (normalised as d2l does)")
@@ -84,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--neg", required=True, type=Path, help="negative sentences, one per line")
     _add_dataclass_args(s, SentimentTrainConfig)
     _common_args(s)
+    from .forecast import ForecastTrainConfig
+
+    f = sub.add_parser("forecast", help="sequence forecaster (seed 002 Net)")
+    data = f.add_mutually_exclusive_group()
+    data.add_argument("--wave", choices=["sine"], default=None,
+                      help="the seed's synthetic windows (the default)")
+    data.add_argument("--series", type=Path, default=None,
+                      help="CSV file of a series: one row per point, numeric columns = features")
+    f.add_argument("--columns", default="",
+                   help="with --series: comma-separated column names or indexes (default: all)")
+    _add_dataclass_args(f, ForecastTrainConfig)
+    _common_args(f)
     return parser
 
 
@@ -91,7 +113,7 @@ def _name_version(out: Path, name: str | None) -> tuple[str, int]:
     import re
 
     name = name or out.resolve().parent.name
-    if not re.match(NAME_RE, name):
+    if not re.fullmatch(NAME_RE, name):
         raise SystemExit(f"error: model name {name!r} must match {NAME_RE} (use --name)")
     version = int(out.name) if out.name.isdigit() else 1
     return name, version
@@ -177,6 +199,46 @@ def _run_sentiment(argv: list[str], args: argparse.Namespace) -> dict:
     return config["metrics"]
 
 
+def _run_forecast(argv: list[str], args: argparse.Namespace) -> dict:
+    from .forecast import (
+        ForecastTrainConfig,
+        forecast_config_json,
+        read_series,
+        train_series,
+        train_sine,
+    )
+
+    cfg = ForecastTrainConfig(
+        **{f.name: getattr(args, f.name) for f in fields(ForecastTrainConfig)}
+    )
+    name, version = _name_version(args.out, args.name)
+    threads = set_threads(args.threads)
+    device = select_device(args.device)
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    if args.series is not None:
+        columns = [c for c in args.columns.split(",") if c] or None
+        try:
+            series = read_series(args.series, columns)
+            result = train_series(series, cfg, device=device,
+                                  show_progress=not args.no_progress)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        data = {"series": str(args.series), "sha256": file_sha256(args.series),
+                "points": len(series), "features": series.shape[1]}
+    else:
+        result = train_sine(cfg, device=device, show_progress=not args.no_progress)
+        data = {"wave": "sine", "window": cfg.window, "span": cfg.span, "offsets": cfg.offsets}
+    training = _training_record(argv, args, device, threads, data)
+    training["train_seconds"] = round(time.perf_counter() - start, 1)
+    config = forecast_config_json(result, name, version, training)
+    save_model(args.out, result.model, config)
+    return config["metrics"]
+
+
+_RUNS = {"charlm": _run_charlm, "sentiment": _run_sentiment, "forecast": _run_forecast}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` = the arguments after ``train`` (``charlm ...``|``sentiment ...``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -187,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    run = _run_charlm if args.task == "charlm" else _run_sentiment
+    run = _RUNS[args.task]
     metrics = run(argv, args)
     print(json.dumps({"out": str(args.out), "metrics": metrics}, indent=2))
     return 0

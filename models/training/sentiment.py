@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..kinds import ModelKind
 from ..sentiment import SentimentConfig, SentimentRNN
 from ..text import WordTokenizer, WordTokenizerConfig, read_lines
 from ..vocab import Vocab
@@ -277,7 +278,7 @@ def sentiment_config_json(
     return {
         "name": name,
         "version": version,
-        "kind": "classifier",
+        "kind": ModelKind.CLASSIFIER.value,
         "architecture": result.arch.to_dict(),
         "vocab": result.vocab.idx_to_token,
         "tokenizer": result.tokenizer.config.to_dict(),

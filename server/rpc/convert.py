@@ -7,11 +7,13 @@ from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.engine import FinishReason
 from rnnserve.server.requests import (
     ClassifyOutcome,
+    ForecastChunk,
+    ForecastParams,
     GenerateParams,
     GenerationChunk,
     ModelDescription,
 )
-from rnnserve.v1 import classification_pb2, generation_pb2, models_pb2
+from rnnserve.v1 import classification_pb2, forecast_pb2, generation_pb2, models_pb2
 
 _FINISH = {
     None: generation_pb2.FINISH_REASON_UNSPECIFIED,
@@ -66,6 +68,41 @@ def stream_response(chunk: GenerationChunk) -> generation_pb2.GenerateStreamResp
         generated_tokens=chunk.generated_tokens,
         model=chunk.model,
         model_version=chunk.model_version,
+    )
+
+
+def forecast_params(request: forecast_pb2.ForecastRequest) -> ForecastParams:
+    return ForecastParams(
+        model=request.model,
+        series=tuple(request.series),
+        horizon=request.horizon,
+        session_id=request.session_id,
+        keep_session=request.keep_session,
+    )
+
+
+def forecast_response(chunks: list[ForecastChunk]) -> forecast_pb2.ForecastResponse:
+    """The unary answer: every chunk's values joined, the last chunk's counts."""
+    last = chunks[-1]
+    return forecast_pb2.ForecastResponse(
+        values=[v for c in chunks for v in c.values],
+        session_id=last.session_id,
+        observed_points=last.observed_points,
+        predicted_points=last.predicted_points,
+        model=last.model,
+        model_version=last.model_version,
+    )
+
+
+def forecast_stream_response(chunk: ForecastChunk) -> forecast_pb2.ForecastStreamResponse:
+    return forecast_pb2.ForecastStreamResponse(
+        values=chunk.values,
+        session_id=chunk.session_id,
+        observed_points=chunk.observed_points,
+        predicted_points=chunk.predicted_points,
+        model=chunk.model,
+        model_version=chunk.model_version,
+        done=chunk.done,
     )
 
 

@@ -30,7 +30,9 @@ from typing import Any
 
 import grpc
 from rnnserve.server.identity import set_current_client, token_identity
+from rnnserve.server.metrics import Metrics
 from rnnserve.server.rpc.status import SERVER_DEADLINE
+from rnnserve.server.rpc.wire import WireInterceptor
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -226,6 +228,7 @@ class _StreamBound:
         self._task = task
         self.waiting = False
         self._expired = False
+        self.closing: asyncio.Future[None] | None = None  # the handler's close, once stuck
 
     def expired(self) -> bool:
         return self._expired
@@ -238,6 +241,41 @@ class _StreamBound:
     def uncancel(self) -> None:
         if self._task is not None:
             self._task.uncancel()
+
+
+WRITE_GRACE_S = 1.0
+"""How long past the default deadline a call may still be writing before its task is cancelled
+(a client that never reads, e.g. one announcing a zero HTTP/2 window)."""
+
+
+def _watchdog(seconds: float, close: Callable[[], None] | None = None) -> None:
+    """Cancel the current call's task if it is still running ``seconds`` from now.
+
+    The deadline itself is enforced where the handler waits (see ``_bounded``); a call can
+    still be stuck past it inside gRPC's own write, which only a client that reads can finish
+    (one that announces a zero HTTP/2 window never does). ``close`` first closes the handler's
+    messages, so that its cleanup runs at once: the turn is dropped and its session released
+    unchanged, and the call is logged and counted as DEADLINE_EXCEEDED. What gRPC's asyncio
+    server cannot do is send that client a status or reset the stream: a status waits behind
+    the unsent message, and no API cancels a server call. The stream (with the one message it
+    holds) stays until the client reads or goes away; ``max_concurrent_streams`` bounds how
+    many one connection can hold (docs/security.md).
+    """
+    task = asyncio.current_task()
+    if task is None:
+        return
+
+    def fire() -> None:
+        if task.done():
+            return
+        logger.warning("%s: still writing %.1fs past the server's deadline (the client does "
+                       "not read); dropping the call", task.get_name(), WRITE_GRACE_S)
+        if close is not None:
+            close()
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, fire)
+    task.add_done_callback(lambda _: timer.cancel())
 
 
 def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHandler:
@@ -260,6 +298,12 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
             SERVER_DEADLINE.set(bound)
             timer = asyncio.get_running_loop().call_later(seconds, bound.fire)
             messages = inner(request, context)
+
+            def close() -> None:  # the handler is suspended at a yield: closing it is safe
+                if not bound.waiting:
+                    bound.closing = asyncio.ensure_future(messages.aclose())
+
+            _watchdog(seconds + WRITE_GRACE_S, close)
             try:
                 while not bound.expired():
                     bound.waiting = True
@@ -285,6 +329,7 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if context.time_remaining() is not None:
             return await inner(request, context)
+        _watchdog(seconds + WRITE_GRACE_S)
         try:
             async with asyncio.timeout(seconds) as bound:
                 SERVER_DEADLINE.set(bound)
@@ -295,8 +340,10 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
     return handler._replace(**{kind: call})
 
 
-def build_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors the settings ask for: auth first (a refused call costs nothing more)."""
+def build_interceptors(settings: ServerSettings, metrics: Metrics
+                       ) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors the settings ask for: auth first (a refused call costs nothing more),
+    the message parser last (it wraps the servicer itself, see ``rpc/wire.py``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     data = data_tokens(settings)
     admin = admin_tokens(settings) if settings.admin_enabled else TokenSet([])
@@ -306,4 +353,5 @@ def build_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerIntercep
         interceptors.append(AuthInterceptor(data, admin))
     if settings.default_deadline_s > 0:
         interceptors.append(DeadlineInterceptor(settings.default_deadline_s))
+    interceptors.append(WireInterceptor(metrics))
     return interceptors

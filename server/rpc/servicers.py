@@ -6,17 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
-from rnnserve.server.classification import Classifier
+from rnnserve.server.classification import CLASSIFICATION, Classifier
 from rnnserve.server.errors import InvalidArgumentError
-from rnnserve.server.generation import Generator
+from rnnserve.server.forecasting import FORECASTING, Forecasting
+from rnnserve.server.generation import GENERATION, Generator
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import (
-    CHARLM,
-    CLASSIFIER,
-    ModelEntry,
-    ModelRegistry,
-    describe_entry,
-)
+from rnnserve.server.registry import ModelEntry, ModelRegistry, describe_entry
 from rnnserve.server.rpc import convert
 from rnnserve.server.rpc.status import rpc_method
 from rnnserve.v1 import (
@@ -24,6 +19,8 @@ from rnnserve.v1 import (
     admin_pb2_grpc,
     classification_pb2,
     classification_pb2_grpc,
+    forecast_pb2,
+    forecast_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -52,7 +49,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        name = getattr(request, "model", "") or self._registry.default_name(CHARLM)
+        name = getattr(request, "model", "") or self._registry.default_name(GENERATION.kind)
         return known_label(self._registry, name)
 
     @rpc_method("Generate")
@@ -87,7 +84,7 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        name = getattr(request, "model", "") or self._registry.default_name(CLASSIFIER)
+        name = getattr(request, "model", "") or self._registry.default_name(CLASSIFICATION.kind)
         return known_label(self._registry, name)
 
     @rpc_method("Classify")
@@ -96,6 +93,36 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
         outcome = await self._classifier.classify(request.model, list(request.texts),
                                                   request.explain)
         return convert.classify_response(outcome)
+
+
+class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
+    def __init__(self, forecasting: Forecasting, registry: ModelRegistry,
+                 metrics: Metrics) -> None:
+        self._forecasting = forecasting
+        self._registry = registry
+        self.metrics = metrics
+
+    def model_label(self, request: object) -> str:
+        name = getattr(request, "model", "") or self._registry.default_name(FORECASTING.kind)
+        return known_label(self._registry, name)
+
+    @rpc_method("Forecast")
+    async def Forecast(self, request: forecast_pb2.ForecastRequest, context: Context
+                       ) -> forecast_pb2.ForecastResponse:
+        params = convert.forecast_params(request)
+        async with aclosing(self._forecasting.forecast(params)) as chunks:
+            collected = [chunk async for chunk in chunks]
+        return convert.forecast_response(collected)
+
+    @rpc_method("ForecastStream")
+    async def ForecastStream(self, request: forecast_pb2.ForecastRequest, context: Context
+                             ) -> AsyncIterator[forecast_pb2.ForecastStreamResponse]:
+        params = convert.forecast_params(request)
+        messages = self.metrics.stream_messages.labels(self.model_label(request))
+        async with aclosing(self._forecasting.forecast(params)) as chunks:
+            async for chunk in chunks:
+                messages.inc()
+                yield convert.forecast_stream_response(chunk)
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
@@ -108,7 +135,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def _describe(self, name: str) -> models_pb2.ModelInfo:
         entry = self._registry.entry(name)
-        is_default = self._registry.default_name(entry.kind) == entry.name if entry.kind else False
+        is_default = self._registry.default_name(entry.kind) == entry.name
         return convert.model_info(describe_entry(entry, is_default))
 
     @rpc_method("ListModels")
@@ -134,7 +161,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.metrics = metrics
 
     def model_label(self, request: object) -> str:
-        return getattr(request, "name", "")
+        return known_label(self._registry, getattr(request, "name", ""))
 
     def _info(self, entry: ModelEntry) -> models_pb2.ModelInfo:
         is_default = self._registry.default_name(entry.kind) == entry.name

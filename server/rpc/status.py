@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from rnnserve.server import errors
+from rnnserve.server.calls import Bound, call_bound
 from rnnserve.server.metrics import Metrics
 
 logger = logging.getLogger("rnnserve.requests")
@@ -33,6 +34,7 @@ STATUS_TABLE: tuple[tuple[type[errors.RnnserveError], grpc.StatusCode], ...] = (
     (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
     (errors.SessionStoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (errors.RnnserveError, grpc.StatusCode.UNAVAILABLE),  # e.g. shutting down
 )
@@ -54,16 +56,23 @@ def replica() -> str:
     """The value this process sends as :data:`REPLICA_KEY`."""
     return _replica[0]
 
-class Expiring(Protocol):
-    """A bound that can tell whether it has passed (``asyncio.Timeout`` is one)."""
+FIELD_LIMITS = {"model": 64, "name": 64, "session_id": 128}
+"""Longest value of every id/name field of any request (characters). Model names match
+``NAME_RE`` (64 at most); session ids are server-made (24)."""
 
-    def expired(self) -> bool: ...
-
-
-SERVER_DEADLINE: ContextVar[Expiring | None] = ContextVar(
+SERVER_DEADLINE: ContextVar[Bound | None] = ContextVar(
     "rnnserve_server_deadline", default=None
 )
 """The default deadline the server put on the current call (set by the deadline interceptor)."""
+
+
+def check_fields(request: Any) -> None:
+    """INVALID_ARGUMENT for any id/name field of ``request`` past its limit (never echoed)."""
+    for field, limit in FIELD_LIMITS.items():
+        value = getattr(request, field, None)
+        if isinstance(value, str) and len(value) > limit:
+            raise errors.InvalidArgumentError(
+                field, f"has {len(value)} characters, more than the limit of {limit}")
 
 
 def status_of(error: errors.RnnserveError) -> grpc.StatusCode:
@@ -83,6 +92,19 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
+class CallDeadline:
+    """Whether a call's deadline passed: the client's own, or the server's default one."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    def expired(self) -> bool:
+        remaining = self._context.time_remaining()
+        bound = SERVER_DEADLINE.get()
+        return (remaining is not None and remaining <= 0) or (
+            bound is not None and bound.expired())
+
+
 class CallRecord:
     """What one call did, for its log line and metrics."""
 
@@ -95,10 +117,7 @@ class CallRecord:
         self.code = code
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
-        remaining = context.time_remaining()
-        bound = SERVER_DEADLINE.get()
-        expired = (remaining is not None and remaining <= 0) or (
-            bound is not None and bound.expired())
+        expired = CallDeadline(context).expired()
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     def finish(self, metrics: Metrics) -> None:
@@ -130,6 +149,7 @@ async def _boundary(servicer: Any, method: str, request: Any,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[CallRecord]:
     """One call's record, in-flight gauge, error sorting, log line and metrics."""
     record = CallRecord(method, servicer.model_label(request), request_id(context))
+    call_bound.set(CallDeadline(context))  # the serving logic checks it at commit time
     servicer.metrics.in_flight.labels(method).inc()
     try:
         yield record
@@ -163,6 +183,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 async with _boundary(self, name, request, context) as record:
                     await context.send_initial_metadata(
                         ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
+                    check_fields(request)
                     # aclosing: when this generator is closed, the servicer's closes at once
                     async with contextlib.aclosing(fn(self, request, context)) as items:
                         async for item in items:
@@ -175,6 +196,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             async with _boundary(self, name, request, context) as record:
                 context.set_trailing_metadata(
                     ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
+                check_fields(request)
                 response = await fn(self, request, context)
                 # headers only with a response: sent earlier, they would commit the call and
                 # the client could no longer retry an UNAVAILABLE transparently

@@ -14,7 +14,7 @@ from .test_reload import wait_for
 
 async def test_an_expired_deadline_frees_the_slot(make_server, repo):
     server = await make_server(model_repository=repo, max_active_generations=1, max_batch_size=1)
-    engine = server.registry.entry("timemachine").engine
+    engine = server.registry.entry("timemachine").runner
     async with AsyncClient(server.target, retries=0) as client:
         with pytest.raises(DeadlineExceededError):
             await client.generate("the time traveller", max_tokens=4096, timeout=0.2)
@@ -27,7 +27,7 @@ async def test_an_expired_deadline_frees_the_slot(make_server, repo):
 async def test_the_server_bounds_a_call_that_brings_no_deadline(make_server, repo):
     server = await make_server(model_repository=repo, default_deadline_s=0.3, max_batch_size=1,
                                max_active_generations=1)
-    engine = server.registry.entry("timemachine").engine
+    engine = server.registry.entry("timemachine").runner
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         long = generation_pb2.GenerateRequest(prefix="the time traveller", max_tokens=4096)
@@ -47,7 +47,7 @@ async def test_a_client_that_stops_reading_does_not_hold_the_server(make_server,
     """The engine finishes the job whatever the reader does (max_tokens bounds what is kept);
     when the client goes away the call ends and nothing stays in flight."""
     server = await make_server(model_repository=repo)
-    engine = server.registry.entry("timemachine").engine
+    engine = server.registry.entry("timemachine").runner
     channel = grpc.aio.insecure_channel(server.target)
     stub = generation_pb2_grpc.GenerationServiceStub(channel)
     calls = [stub.GenerateStream(generation_pb2.GenerateRequest(
@@ -64,7 +64,7 @@ async def test_a_client_that_stops_reading_does_not_hold_the_server(make_server,
 
 async def test_cancelling_mid_stream_frees_the_slot_and_keeps_the_session(make_server, repo):
     server = await make_server(model_repository=repo, max_active_generations=1, max_batch_size=1)
-    engine = server.registry.entry("timemachine").engine
+    engine = server.registry.entry("timemachine").runner
     async with AsyncClient(server.target, retries=0) as client:
         opened = await client.generate("the time", max_tokens=3, keep_session=True)
         stream = client.stream(" machine", max_tokens=4096, session_id=opened.session_id)

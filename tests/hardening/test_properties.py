@@ -117,7 +117,7 @@ async def run_property(make_server, repo,
         normal = await asyncio.to_thread(gen.Generate, generation_pb2.GenerateRequest(
             prefix="the time traveller", max_tokens=10), timeout=CALL_TIMEOUT)
         assert len(normal.text) == 10
-        assert server.registry.entry("timemachine").engine.active == 0
+        assert server.registry.entry("timemachine").runner.active == 0
     finally:
         channel.close()
 

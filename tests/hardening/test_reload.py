@@ -46,7 +46,7 @@ async def test_poll_picks_up_a_new_version_while_a_stream_on_the_old_one_complet
     async with AsyncClient(server.target, retries=0) as client:
         expected = (await client.generate("the time traveller", max_tokens=4000)).text
         session = await client.generate("the time", max_tokens=5, keep_session=True)
-        old_engine = server.registry.entry("timemachine").engine
+        old_engine = server.registry.entry("timemachine").runner
         stream = client.stream("the time traveller", max_tokens=4000)
         first = await anext(stream)
         assert first.model_version == 1

@@ -47,3 +47,14 @@ def test_no_asyncio_or_grpc_import_statements():
 def test_public_api_is_complete():
     for name in rnnserve.models.__all__:
         assert hasattr(rnnserve.models, name), name
+
+
+def test_every_kind_is_one_spec():
+    from rnnserve.models.checkpoint import config_schema
+    from rnnserve.models.kinds import KindSpec, ModelKind, kind_spec
+
+    specs = [kind_spec(kind) for kind in ModelKind]
+    assert all(isinstance(s, KindSpec) and s.kind is kind
+               for s, kind in zip(specs, ModelKind, strict=True))
+    assert len({type(s) for s in specs}) == len(ModelKind)
+    assert set(config_schema()["properties"]["kind"]["enum"]) == set(ModelKind)

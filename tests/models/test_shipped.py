@@ -11,19 +11,20 @@ REPO = Path(__file__).resolve().parents[2] / "model_repository"
 MAX_MODEL_BYTES = 20 * 2**20
 
 
-def test_repository_lists_both_models():
+def test_repository_lists_the_shipped_models():
     specs = {s.name: s for s in find_models(REPO)}
+    assert specs["sine"].kind == "forecast" and specs["sine"].version == 1
     assert specs["timemachine"].kind == "charlm" and specs["timemachine"].version == 1
     assert specs["sentiment"].kind == "classifier" and specs["sentiment"].version == 1
 
 
-@pytest.mark.parametrize("name", ["timemachine", "sentiment"])
+@pytest.mark.parametrize("name", ["timemachine", "sentiment", "sine"])
 def test_size_and_training_record(name):
     vdir = REPO / name / "1"
     assert (vdir / "model.pt").stat().st_size <= MAX_MODEL_BYTES
     cfg = load_model(vdir).config
     training = cfg["training"]
-    task = "charlm" if name == "timemachine" else "sentiment"
+    task = {"timemachine": "charlm", "sentiment": "sentiment", "sine": "forecast"}[name]
     assert training["command"].startswith(f"rnnserve train {task} ")
     assert f"--out model_repository/{name}/1" in training["command"]
     assert training["history"] and training["device"] == "cpu"
@@ -50,3 +51,15 @@ def test_sentiment_quality_and_scores():
     scores, weights = m.module.score(x)
     assert scores[0] > 0.5 > scores[1]
     assert weights.shape == x.shape
+
+
+def test_sine_is_the_seed_setup_and_beats_the_baselines():
+    m = load_model(REPO / "sine" / "1")
+    assert m.config["architecture"] == {"cell": "rnn", "input_size": 1, "hidden_size": 16,
+                                        "num_layers": 1, "nonlinearity": "tanh", "dropout": 0.0}
+    assert m.scaling is None and "--wave sine" in m.config["training"]["command"]
+    metrics = m.config["metrics"]
+    assert "held out" in metrics["split"] and metrics["horizon"] == 25
+    assert metrics["autoregressive_mse"] <= 0.02
+    assert metrics["autoregressive_mse"] < metrics["seed_procedure_mse"] / 10
+    assert metrics["autoregressive_mse"] < metrics["last_value_mse"] / 10

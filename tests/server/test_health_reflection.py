@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rnnserve.client import AsyncClient
 
 SERVICES = ("rnnserve.v1.GenerationService", "rnnserve.v1.ClassificationService",
-            "rnnserve.v1.ModelService")
+            "rnnserve.v1.ForecastService", "rnnserve.v1.ModelService")
 
 
 def grpcurl_binary() -> str:
@@ -145,6 +145,7 @@ async def test_grpcurl_classify_and_models(server, aclient: AsyncClient):
     names = {m["name"]: m for m in json.loads(out)["models"]}
     assert names["timemachine"]["state"] == "MODEL_STATE_READY"
     assert names["sentiment"]["kind"] == "classifier"
+    assert names["sine"]["kind"] == "forecast" and names["sine"]["state"] == "MODEL_STATE_READY"
 
 
 async def test_grpcurl_errors_carry_the_status(server):

@@ -105,3 +105,74 @@ def test_the_checker_itself(tmp_path, source, bad):
     path.write_text(source)
     flagged = any(m.split(".")[0] in BARE for _, m in absolute_imports(path))
     assert flagged is bad
+
+
+# ------------------------------------------------------------------ a kind is one place
+KINDS = {"charlm", "classifier", "forecast"}
+RUNNER_CLASSES = {"GenerationEngine", "ClassificationBatcher", "ForecastEngine"}
+# models/: only kinds.py knows what a kind means (training writes ModelKind.X.value)
+KIND_MODULES = {"models/kinds.py"}
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+
+def kind_branches(source: str) -> list[tuple[int, str]]:
+    """Where code branches on a model's kind: a comparison with a kind's name or a
+    ``ModelKind`` member, a module-level constant holding a kind's name, or an ``isinstance``
+    check against a runner class."""
+    found = []
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                if isinstance(operand, ast.Constant) and operand.value in KINDS:
+                    found.append((node.lineno, f"compares with {operand.value!r}"))
+                if isinstance(operand, ast.Attribute) and isinstance(operand.value, ast.Name) \
+                        and operand.value.id == "ModelKind":
+                    found.append((node.lineno, f"compares with ModelKind.{operand.attr}"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "isinstance" and len(node.args) == 2 \
+                and _names(node.args[1]) & RUNNER_CLASSES:
+            found.append((node.lineno, "isinstance on a runner class"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Constant) \
+                and node.value.value in KINDS:
+            found.append((node.lineno, f"a constant for {node.value.value!r}"))
+    return found
+
+
+def test_nothing_outside_the_kind_modules_branches_on_a_kind():
+    offenders = []
+    files = python_files("server", "models")
+    assert len(files) >= 25, "the scan reached the server and the models"
+    for path in files:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in KIND_MODULES:
+            continue
+        offenders += [f"{rel}:{line}: {what}"
+                      for line, what in kind_branches(path.read_text(encoding="utf-8"))]
+    assert not offenders, ("a kind is one place (models/kinds.py and the kind's ServingKind in "
+                           "server/<kind module>.py):\n" + "\n".join(offenders))
+
+
+@pytest.mark.parametrize("source,flagged", [
+    ("if cfg['kind'] == 'charlm':\n    pass\n", True),
+    ("x = kind != ModelKind.FORECAST\n", True),
+    ("CLASSIFIER = 'classifier'\n", True),
+    ("ok = isinstance(runner, GenerationEngine | ClassificationBatcher)\n", True),
+    ("GENERATION = ServingKind(ModelKind.CHARLM, 'generation model', f, g)\n", False),
+    ("label = m.labels(name, 'forecast')\n", False),
+    ("if entry.kind != serving.kind:\n    pass\n", False),
+])
+def test_the_kind_checker_itself(source, flagged):
+    assert bool(kind_branches(source)) is flagged
+
+
+def test_the_server_serves_every_kind_through_one_serving_kind():
+    from rnnserve.models import ModelKind
+    from rnnserve.server.app import SERVING_KINDS
+
+    assert sorted(k.kind for k in SERVING_KINDS) == sorted(ModelKind)

@@ -1,0 +1,347 @@
+"""The forecast engine: continuous batching of autoregressive steps for one loaded forecaster.
+
+Shaped like the generation engine (``engine.py``): every active forecast of a model advances in
+one batched step per iteration; each executor call runs up to ``max_steps_per_iteration`` steps,
+and at every step boundary cancelled forecasts leave, finished ones leave with their final
+state, and queued newcomers join while there is room. A newcomer is first *prefilled* alone:
+its observed points run through the model from its start state in one call, whose last output
+is its first prediction; it then joins the batch (the :class:`~rnnserve.server.batch.
+DecodeBatch` algebra, with ``(B, F)`` float points as the rows' next inputs), where each step
+feeds every row's last prediction back as its next input. Prefilling alone keeps a forecast
+independent of its batch mates, and so does the model's batch-invariant ``step`` (each row with
+batch-1 kernels); ``batch_invariant=False`` uses one batched call per step instead (faster; a
+row's last bits may then depend on its batch mates).
+
+All torch work runs on the device's executor thread, never on the event loop. A job is an
+immutable request; its progress is owned by the executor (``_Row``); the :class:`ForecastOutbox`
+is the only object both threads touch (the loop reads values, the executor's results are
+handed over with ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+from rnnserve.server.batch import DecodeBatch
+from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ForecastOutbox:
+    """Predicted values waiting for their request; whatever piled up is taken at once."""
+
+    def __init__(self) -> None:
+        self._values: list[float] = []
+        self._event = asyncio.Event()
+        self.done = False
+        self.error: BaseException | None = None
+        self.predicted = 0  # values put so far
+        self.end: ForecastEnd | None = None  # where the forecast ended (set with the last values)
+        self.cancelled = False  # set by the loop when the request goes away; read by the executor
+
+    def put(self, values: list[float], points: int, done: bool,
+            end: ForecastEnd | None = None) -> None:
+        self._values.extend(values)
+        self.predicted += points
+        if end is not None:
+            self.end = end
+        self.done = self.done or done
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done = True
+        self._event.set()
+
+    async def take(self) -> tuple[list[float], int]:
+        """Wait for values (or the end); returns everything buffered and the points so far."""
+        while not self._values and not self.done:
+            self._event.clear()
+            await self._event.wait()
+        if self.error is not None and not self._values:
+            raise self.error
+        values, self._values = self._values, []
+        return values, self.predicted
+
+
+@dataclass(frozen=True, eq=False)
+class ForecastEnd:
+    """The states a finished forecast leaves (what a session keeps)."""
+
+    observed: torch.Tensor  # (S, L, H) after the last observed point (the job's inputs)
+    predicted: torch.Tensor  # (S, L, H) after every prediction but the last
+    pending: torch.Tensor  # (F,) the last prediction: the next input when extending
+
+
+@dataclass(frozen=True, eq=False)
+class ForecastJob:
+    """One forecast: points to consume, where to start, how far to predict (never mutated)."""
+
+    inputs: torch.Tensor  # (T, F), T >= 1, in the model's space; the last output is prediction 1
+    state: torch.Tensor | None  # (S, L, H) start state; None = zeros
+    horizon: int  # points to predict, >= 1
+    submitted_at: float = field(default_factory=time.perf_counter)
+    outbox: ForecastOutbox = field(default_factory=ForecastOutbox)
+
+
+@dataclass(eq=False)
+class _Row:
+    """A job's progress, owned by the executor thread."""
+
+    job: ForecastJob
+    predicted: int = 0
+    new: list[torch.Tensor] = field(default_factory=list)  # (F,) predictions not yet handed over
+    observed: torch.Tensor | None = None  # (S, L, H) after the prefill
+    final: ForecastEnd | None = None
+
+
+@dataclass
+class _CallResult:
+    """What one executor call hands to the loop."""
+
+    # each row that predicted something in this call, with snapshots of its new predictions and
+    # of its final (state, pending) if it finished: the executor's next call may already run
+    # while the loop reads these
+    rows: list[tuple[_Row, list[torch.Tensor], ForecastEnd | None]]
+    dropped: int  # cancelled, left without finishing
+    batch_size: int
+    failed: list[ForecastJob]
+    error: Exception | None
+
+
+class ForecastEngine:
+    """Owns all execution of one forecaster."""
+
+    def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
+                 max_batch_size: int, max_active: int, max_steps_per_iteration: int,
+                 batch_invariant: bool = True) -> None:
+        self.model = model  # rnnserve.models LoadedModel (forecast)
+        self.name = name
+        self._module = model.module
+        self._step_fn = self._module.step if batch_invariant else self._module.step_batched
+        self._device = torch.device(model.device)
+        self._executor = executor
+        self._max_batch = max_batch_size
+        self._max_active = max_active
+        self._max_steps = max_steps_per_iteration
+        self._waiting: deque[ForecastJob] = deque()  # appended on the loop, taken on the executor
+        self._active = 0
+        self._batch: DecodeBatch[_Row] | None = None  # touched on the executor only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._closed = False
+        m = metrics
+        self._m_queue = m.queue_depth.labels(name, "forecast")
+        self._m_batch = m.batch_size.labels(name, "forecast")
+        self._m_prefill = m.batch_size.labels(name, "forecast_prefill")
+        self._m_active = m.active_forecasts.labels(name)
+        self._m_predicted = m.forecast_points.labels(name, "predicted")
+        self._m_ttfp = m.time_to_first_token.labels(name)
+        self._m_cancelled = m.cancelled_generations.labels(name)
+        self._m_rejected = m.rejected.labels(name, "forecasts")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+
+    async def stop(self) -> None:
+        """Refuse new work and fail what is left (queued or still in the batch)."""
+        with self._lock:
+            self._closed = True
+        left: list[ForecastJob] = []
+        try:
+            left = await asyncio.get_running_loop().run_in_executor(self._executor, self._abandon)
+        except RuntimeError:  # the executor is already shut down
+            pass
+        while self._waiting:
+            left.append(self._waiting.popleft())
+        error = RnnserveError("the server is shutting down")
+        for job in left:
+            if not job.outbox.done:
+                job.outbox.fail(error)
+        self._active = 0
+
+    def _abandon(self) -> list[ForecastJob]:
+        batch, self._batch = self._batch, None
+        return [row.job for row in batch.items] if batch is not None else []
+
+    @property
+    def pending(self) -> int:
+        """Forecasts not finished yet (the Runner protocol's drain count)."""
+        return self._active
+
+    # --- admission -----------------------------------------------------------------------------
+    def submit(self, job: ForecastJob) -> None:
+        """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum."""
+        if self._loop is None or self._closed:
+            raise RuntimeError("engine not started")
+        if self._active >= self._max_active:
+            self._m_rejected.inc()
+            raise ResourceExhaustedError(
+                f"model {self.name!r} is running its maximum of {self._max_active} forecasts; "
+                "retry later"
+            )
+        self._active += 1
+        self._waiting.append(job)
+        self._m_queue.set(len(self._waiting))
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._executor.submit(self._drive)
+
+    # --- the chain of executor calls -----------------------------------------------------------
+    def _drive(self) -> None:
+        result = self._iterate(self._max_steps)
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, result)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            self._closed = True
+        with self._lock:
+            if self._closed or (self._batch is None and not self._waiting):
+                self._scheduled = False
+                return
+        try:
+            self._executor.submit(self._drive)
+        except RuntimeError:
+            with self._lock:
+                self._scheduled = False
+
+    def _deliver(self, result: _CallResult) -> None:
+        """On the loop: hand each job its values, settle counts."""
+        now = time.perf_counter()
+        if result.error is not None:
+            logger.error("forecast step failed on model %s", self.name, exc_info=result.error)
+            for job in result.failed:
+                job.outbox.fail(result.error)
+            self._active -= len(result.failed)
+        if result.dropped:
+            self._active -= result.dropped
+            self._m_cancelled.inc(result.dropped)
+        produced = 0
+        for row, new, final in result.rows:
+            outbox = row.job.outbox
+            if outbox.done:
+                continue
+            if outbox.predicted == 0:
+                self._m_ttfp.observe(now - row.job.submitted_at)
+            values = torch.stack(new).to("cpu", torch.float64)  # (N, F)
+            produced += len(new)
+            finished = final is not None
+            outbox.put(values.flatten().tolist(), len(new), finished, final)
+            if finished:
+                self._active -= 1
+        self._m_predicted.inc(produced)
+        self._m_active.set(result.batch_size)
+        self._m_queue.set(len(self._waiting))
+
+    # --- model work (executor thread) ----------------------------------------------------------
+    def _iterate(self, steps: int) -> _CallResult:
+        touched: dict[_Row, None] = {}
+        dropped = 0
+        batch, self._batch = self._batch, None
+        admitting: list[ForecastJob] = []
+        failed: list[ForecastJob] = []
+        error: Exception | None = None
+        with torch.inference_mode():
+            try:
+                for _ in range(steps):
+                    batch, gone = self._boundary(batch, touched, admitting)
+                    dropped += gone
+                    if batch is None:
+                        break
+                    batch = self._step(batch, touched)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which fails the jobs
+                failed = ([row.job for row in batch.items] if batch is not None else []) \
+                    + admitting
+                batch, error = None, exc
+        self._batch = batch
+        rows = []
+        for row in touched:
+            if row.job not in failed:
+                rows.append((row, row.new, row.final))
+                row.new = []
+        return _CallResult(rows, dropped, len(batch) if batch is not None else 0,
+                           failed, error)
+
+    def _boundary(self, batch: DecodeBatch[_Row] | None, touched: dict[_Row, None],
+                  admitting: list[ForecastJob]) -> tuple[DecodeBatch[_Row] | None, int]:
+        """Between two steps: cancelled rows leave, queued jobs are prefilled and join."""
+        dropped = 0
+        if batch is not None:
+            items = batch.items
+            if any(row.job.outbox.cancelled for row in items):
+                dropped += sum(1 for row in items if row.job.outbox.cancelled)
+                batch = batch.filter([i for i, row in enumerate(items)
+                                      if not row.job.outbox.cancelled])
+        room = self._max_batch - (len(batch) if batch is not None else 0)
+        while room > len(admitting) and self._waiting:
+            job = self._waiting.popleft()
+            if job.outbox.cancelled:
+                dropped += 1
+            else:
+                admitting.append(job)
+        if admitting:
+            joined = self._prefill(admitting, touched)
+            admitting.clear()
+            if joined is not None:
+                batch = joined if batch is None else batch.concatenate(joined)
+        return batch, dropped
+
+    def _prefill(self, jobs: list[ForecastJob], touched: dict[_Row, None]
+                 ) -> DecodeBatch[_Row] | None:
+        """Each newcomer alone: its points from its start state; the last output is its first
+        prediction. Those with more to predict become rows of a new batch."""
+        module = self._module
+        rows: list[_Row] = []
+        states: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        self._m_prefill.observe(len(jobs))
+        for job in jobs:
+            if job.state is None:
+                start = module.zero_state(1, self._device)
+            else:
+                start = tuple(s.unsqueeze(1) for s in job.state)  # S x (L, 1, H)
+            x = job.inputs.to(self._device).unsqueeze(0)  # (1, T, F)
+            y, state = module.prefill(x, start)  # (1, F), S x (L, 1, H)
+            row_state = torch.stack([s[:, 0] for s in state])  # (S, L, H)
+            row = _Row(job, predicted=1, new=[y[0]], observed=row_state)
+            touched[row] = None
+            if job.horizon == 1:
+                row.final = ForecastEnd(row_state, row_state, y[0].clone())
+                continue
+            rows.append(row)
+            states.append(row_state)
+            inputs.append(y[0])
+        if not rows:
+            return None
+        stacked = torch.stack(states, dim=2)  # (S, L, B, H)
+        return DecodeBatch(rows, tuple(stacked.unbind(0)), torch.stack(inputs))  # (B, F)
+
+    def _step(self, batch: DecodeBatch[_Row], touched: dict[_Row, None]
+              ) -> DecodeBatch[_Row] | None:
+        """One step for every row: each row's last prediction in, the next prediction out."""
+        self._m_batch.observe(len(batch))
+        y, batch.state = self._step_fn(batch.tokens, batch.state)  # (B, F)
+        keep: list[int] = []
+        for i, row in enumerate(batch.items):
+            row.predicted += 1
+            row.new.append(y[i])
+            touched[row] = None
+            if row.predicted >= row.job.horizon:
+                row.final = ForecastEnd(row.observed, batch.row_state(i), y[i].clone())
+            else:
+                keep.append(i)
+        batch.tokens = y
+        return batch.filter(keep)
