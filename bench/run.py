@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import load, machine, report
+from bench import invariance, load, machine, report
 from bench.server_proc import ROOT, ServerProcess, base_settings
 
 DATA = ROOT.parent / "shared" / "data"
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
     p.add_argument("--skip", default="",
-                   help="comma list of: engine, server, sessions, scaleout")
+                   help="comma list of: engine, server, sessions, scaleout, invariance")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -154,11 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             ["bench.scaleout", "--model-repository", str(repo), "--duration", str(a.duration),
              "--warmup", str(a.warmup), "--torch-threads", str(a.torch_threads)])
         _log(f"  scale-out: {json.dumps(results['scaleout'])}")
+    if "invariance" not in skip:
+        _log("batch invariance: invariant vs --batch-invariant=false")
+        results["invariance"] = invariance.run(
+            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
     results["targets"] = report.targets(results)
     report.write_json(results, a.out)
     print(report.markdown(results))
+    if "invariance" in results:
+        print(invariance.markdown(results["invariance"]))
     _log(f"done in {results['elapsed_s']:.0f} s; JSON in {a.out}")
     return 0
 

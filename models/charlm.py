@@ -16,6 +16,13 @@ Serving adds (inference only, eval mode, no autograd):
   math in C++ in torch's gate order) on the module's own parameters, the input being the one-hot
   rows of the token ids. It equals ``forward`` on one step to 1e-5 and costs a handful of
   dispatches, which is what a batch-1 decode step is made of.
+
+Both run batch-invariant by default (``batch_invariant = True``): ``step`` and ``prefill`` then
+go through :class:`~rnnserve.models.invariant.InvariantRecurrence`, whose row results are
+bit-identical whatever else shares the call, and whose prefill equals step-by-step feeding bit
+for bit (any split into chunks included). ``batch_invariant = False`` selects the torch fused
+paths described above (faster for some batch sizes; a row then changes in the last bits with its
+batch mates).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from .invariant import InvariantRecurrence, Layer, linear_rows
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +98,8 @@ class RNNModel(nn.Module):
         else:
             self.num_directions = 2
             self.linear = nn.Linear(self.num_hiddens * 2, self.vocab_size)
+        self.batch_invariant = True  # serving path: bit-identical rows at any batch size
+        self._recurrence: tuple[tuple, InvariantRecurrence] | None = None
 
     @classmethod
     def from_config(cls, cfg: CharLMConfig) -> RNNModel:
@@ -150,15 +161,36 @@ class RNNModel(nn.Module):
         """Serving tuple -> seed state (what ``forward`` takes)."""
         return tuple(state) if isinstance(self.rnn, nn.LSTM) else state[0]
 
+    def invariant_recurrence(self) -> InvariantRecurrence:
+        """The batch-invariant kernels on this module's current parameters (cached; rebuilt
+        when the parameters move or are overwritten, e.g. by ``load_state_dict``)."""
+        flat = self.rnn._flat_weights
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in flat)
+        cached = self._recurrence
+        if cached is None or cached[0] != key:
+            layers = [Layer(*flat[4 * i : 4 * i + 4]) for i in range(self.rnn.num_layers)]
+            cached = self._recurrence = (key, InvariantRecurrence(
+                self.cell, layers, getattr(self.rnn, "nonlinearity", "tanh")))
+        return cached[1]
+
+    def _logits(self, h: Tensor, tile: int) -> Tensor:
+        return linear_rows(h, self.linear.weight, self.linear.bias, tile)  # (B, V)
+
     @torch.no_grad()
     def prefill(self, sequences: list[list[int]], state: State) -> tuple[Tensor, State]:
-        """Run token sequences (each non-empty; B = len(sequences)) from ``state``, one packed call.
+        """Run token sequences (each non-empty; B = len(sequences)) from ``state``.
 
         Returns the logits after each sequence's last token ``(B, V)`` and the state after it.
+        Batch-invariant (the default): bit-identical to feeding the tokens through :meth:`step`
+        one at a time, alone or with any other rows. Otherwise one packed ``nn`` call.
         """
         self._check_servable()
         if not sequences or any(len(s) == 0 for s in sequences):
             raise ValueError("prefill needs at least one sequence and every sequence non-empty")
+        if self.batch_invariant:
+            recurrence = self.invariant_recurrence()
+            top, new_state = recurrence.prefill(sequences, state)
+            return self._logits(top, recurrence.tile), new_state
         device = self.linear.weight.device
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
         padded = torch.zeros((len(sequences), int(lengths.max())), dtype=torch.int64)  # (B, T)
@@ -185,8 +217,16 @@ class RNNModel(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        """One decode step: ``tokens`` (B,) int64, state tuple -> (logits (B, V), new state)."""
+        """One decode step: ``tokens`` (B,) int64, state tuple -> (logits (B, V), new state).
+
+        Batch-invariant (the default): each row's logits and state are bit-identical whatever
+        other rows share the step.
+        """
         self._check_servable()
+        if self.batch_invariant:
+            recurrence = self.invariant_recurrence()
+            top, new_state = recurrence.step(tokens, state)
+            return self._logits(top, recurrence.tile), new_state
         rnn = self.rnn
         flat = rnn._flat_weights  # [w_ih, w_hh, b_ih, b_hh] per layer, as nn.RNNBase.forward uses
         x = self._one_hot(tokens)  # (B, V)

@@ -6,8 +6,12 @@ Parameter names are the seed's (``embedding.weight``, ``lstm.*``, ``attention.0.
 ``attention.2.*``, ``fc.*``), so a seed ``state_dict`` loads with ``strict=True``; ``forward``
 and ``init_hidden`` behave exactly as in the seed. ``score`` adds the serving view: P(positive)
 and the attention weight of every position (for ``explain``). Inputs are always padded or
-truncated to the config's fixed ``seq_length``, so a text's score never depends on its batch
-mates.
+truncated to the config's fixed ``seq_length``, and ``score`` runs batch-invariant by default
+(``batch_invariant = True``): the batch is cut into fixed tiles of
+:func:`~rnnserve.models.invariant.tile_rows` texts (the last one padded with zero ids) and every
+tile is one call with the same shapes, so a text's score and attention weights are bit-identical
+alone and in any batch, at any position. The library kernels never mix rows within a call; the
+row count is what changes their blocking and rounding, and tiling pins it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .invariant import pad_rows, tile_rows
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ class SentimentRNN(nn.Module):
         self.dropout = nn.Dropout(drop_prob)
         self.fc = nn.Linear(lstm_output_dim, output_dim)
         self.sig = nn.Sigmoid()
+        self.batch_invariant = True  # score: bit-identical per text at any batch size
 
     @classmethod
     def from_config(cls, cfg: SentimentConfig) -> SentimentRNN:
@@ -118,11 +125,22 @@ class SentimentRNN(nn.Module):
 
     @torch.no_grad()
     def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Eval-mode P(positive) ``(B,)`` and attention weights ``(B, S)`` for ids ``x (B, S)``."""
+        """Eval-mode P(positive) ``(B,)`` and attention weights ``(B, S)`` for ids ``x (B, S)``.
+
+        Batch-invariant (the default): computed in fixed tiles of rows, each text's numbers are
+        bit-identical whatever else is in ``x``.
+        """
         was_training = self.training
         self.eval()
         try:
-            probs, _, weights = self._run(x, None)
+            if not self.batch_invariant:
+                probs, _, weights = self._run(x, None)
+                return probs[:, 0], weights
+            rows = x.shape[0]
+            tile = tile_rows(x.device)
+            parts = [self._run(part, None) for part in pad_rows(x, tile).split(tile)]
+            probs = torch.cat([p[0] for p in parts])[:rows]  # (B, 1)
+            weights = torch.cat([p[2] for p in parts])[:rows]  # (B, S)
         finally:
             self.train(was_training)
         return probs[:, 0], weights

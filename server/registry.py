@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -156,6 +157,7 @@ class ModelRegistry:
         self._unloaded: set[str] = set()  # unloaded by an admin: polling leaves them alone
         self._executors = DeviceExecutors()
         self._defaults: dict[str, str] = {}  # kind -> the default pinned when it first served
+        self._loader = DaemonWorker("rnnserve-loader")
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.device = resolve_device(settings.device)
@@ -283,7 +285,7 @@ class ModelRegistry:
             wanted = version if version is not None else select_version(model_dir)
             vdir = version_dir(model_dir, wanted)
             mark = (wanted, fingerprint(vdir))
-            loaded = await run_detached(
+            loaded = await self._loader.run(
                 load_model, vdir, self.device,
                 self._settings.max_checkpoint_bytes, self._settings.model_repository,
             )
@@ -316,6 +318,8 @@ class ModelRegistry:
         if serving is None:
             raise ValueError(f"this server does not serve {loaded.kind} models")
         executor = self._executors.for_device(self.device)
+        if hasattr(loaded.module, "batch_invariant"):  # char LMs and classifiers
+            loaded.module.batch_invariant = self._settings.batch_invariant
         runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
         await runner.start()
         return runner
@@ -435,35 +439,52 @@ class ModelRegistry:
         return entry is not None and entry.state is ModelState.READY
 
 
-async def run_detached(fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
-    """``fn(*args)`` in a daemon thread of its own, awaited without blocking the event loop.
+class DaemonWorker:
+    """One long-lived daemon thread that runs loads, one at a time, awaited from the event loop.
 
     Loading may take long on a big or hostile checkpoint; shutdown (SIGTERM) never waits for
-    it: cancelling the await abandons the thread, and the process exits without joining it.
+    it: cancelling the await abandons the load, and the process exits without joining the
+    thread (a ThreadPoolExecutor's threads are joined at exit). The thread is kept, not started
+    per load: a thread that ran torch and exits can leave its OpenMP team spinning.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[LoadedModel] = loop.create_future()
 
-    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Callable[..., None]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
 
-    def work() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
-            result, error = None, err
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:
-            pass  # the event loop is gone (shutdown): nobody waits any more
+    def _run(self) -> None:
+        while True:
+            work, done = self._jobs.get()
+            try:
+                result, error = work(), None
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+                result, error = None, err
+            try:
+                done(result, error)
+            except RuntimeError:
+                pass  # the event loop is gone (shutdown): nobody waits any more
 
-    threading.Thread(target=work, name="rnnserve-loader", daemon=True).start()
-    return await future
+    async def run(self, fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
+        """``fn(*args)`` on the worker thread; the event loop stays free meanwhile."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LoadedModel] = loop.create_future()
+
+        def settle(result: LoadedModel | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put((lambda: fn(*args),
+                        lambda result, error: loop.call_soon_threadsafe(settle, result, error)))
+        return await future
 
 
 def describe(loaded: LoadedModel) -> str:

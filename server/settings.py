@@ -94,6 +94,12 @@ class ServerSettings(BaseSettings):
         "", description="Model used when a Forecast request names none ('' = first forecaster)."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+    batch_invariant: bool = Field(
+        True, description="Batch-invariant execution of char LMs and classifiers (forecasters: "
+        "forecast_batch_invariant): every text and score is bit-identical alone and in any "
+        "batch. false trades that for speed (README: 'Batch invariance' has the measured cost); "
+        "answers then change in the last bits with their batch mates.",
+    )
     max_checkpoint_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest model.pt accepted, in bytes (checked before reading)."
     )

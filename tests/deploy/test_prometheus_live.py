@@ -46,7 +46,7 @@ def test_gauges_show_models_and_sessions(prometheus: Any, traffic: dict[str, flo
                                          deploy: Any) -> None:
     ready = {r["metric"]["model"]: float(r["value"][1])
              for r in prometheus.query("rnnserve_model_ready")}
-    assert ready == {"timemachine": 1.0, "sentiment": 1.0}
+    assert ready == {"timemachine": 1.0, "sentiment": 1.0, "sine": 1.0}
     assert prometheus.total('rnnserve_sessions_active{model="timemachine"}') == deploy.MAX_SESSIONS
     assert prometheus.total('rnnserve_session_state_bytes{model="timemachine"}') > 0
     assert prometheus.total("rnnserve_session_oldest_age_seconds") > 0

@@ -12,7 +12,7 @@ import logging
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from rnnserve.v1 import admin_pb2, classification_pb2, generation_pb2, models_pb2
+from rnnserve.v1 import admin_pb2, classification_pb2, forecast_pb2, generation_pb2, models_pb2
 
 from .conftest import bearer
 
@@ -24,7 +24,8 @@ INVALID_UTF8_PREFIX = b"\x12\x06ti\xffme!"  # GenerateRequest.prefix (field 2) =
 def _unary_methods() -> list[tuple[str, bool]]:
     """(path, response_streaming) of every unary-request method the server registers."""
     methods = []
-    for module in (generation_pb2, classification_pb2, models_pb2, admin_pb2, health_pb2):
+    for module in (generation_pb2, classification_pb2, forecast_pb2, models_pb2, admin_pb2,
+                   health_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 assert not method.client_streaming
