@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-max-tokens", type=int, default=32)
     p.add_argument("--sessions", default="10000,100000", help="idle-session counts for RSS")
     p.add_argument("--skip", default="",
-                   help="comma list of: engine, server, sessions, scaleout, invariance")
+                   help="comma list of: engine, server, sessions, invariance, scaleout")
     p.add_argument("--modes", default="on,off", help="server modes to run: on, off")
     a = p.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -148,16 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"server, batching {mode}")
             with ServerProcess(settings) as server:
                 results["server"][mode] = asyncio.run(server_cells(server, a, classify))
+    if "invariance" not in skip:
+        _log("batch invariance: invariant vs --batch-invariant=false")
+        results["invariance"] = invariance.run(
+            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     if "scaleout" not in skip:  # bench/scaleout.py: memory vs Redis store, 1 vs 2 workers
         _log("scale-out: session store latency, --workers 1 vs 2")
         results["scaleout"] = _subprocess_json(
             ["bench.scaleout", "--model-repository", str(repo), "--duration", str(a.duration),
              "--warmup", str(a.warmup), "--torch-threads", str(a.torch_threads)])
         _log(f"  scale-out: {json.dumps(results['scaleout'])}")
-    if "invariance" not in skip:
-        _log("batch invariance: invariant vs --batch-invariant=false")
-        results["invariance"] = invariance.run(
-            repo, a, prefixes(), review_texts() if _has_model(repo, "sentiment") else None)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in machine.load_average()]
     results["elapsed_s"] = time.perf_counter() - started
     results["targets"] = report.targets(results)

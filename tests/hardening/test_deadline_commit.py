@@ -118,7 +118,7 @@ async def test_a_turn_past_its_deadline_at_commit_time_leaves_the_session_unchan
     server = await make_server(model_repository=repo)
     async with AsyncClient(server.target, retries=0) as client:
         opened = await client.generate("the time", max_tokens=3, keep_session=True)
-        session = server.sessions._sessions[opened.session_id]
+        session = server.sessions.memory._sessions[opened.session_id]  # the memory store's
         before = (session.state, session.pending, session.total_tokens)
 
         async def late_turn() -> None:

@@ -220,11 +220,11 @@ async def test_idle_sessions_expire(make_server, connect, metrics_of, poll, stor
 
 async def _redis_sessions_expire(make_server, connect) -> None:
     """Redis expires the record itself; the marker left behind tells it from an unknown id."""
-    server = await make_server(session_ttl_s=0.3, session_sweep_interval_s=0.1)
+    server = await make_server(session_ttl_s=1.5, session_sweep_interval_s=0.1)
     async with connect(server) as client:
         sid = (await client.generate("time", max_tokens=5, keep_session=True)).session_id
         await client.generate("", session_id=sid, max_tokens=2)  # still there within the TTL
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(3.0)
         with pytest.raises(NotFoundError) as info:
             await client.generate("more", session_id=sid, max_tokens=5)
         assert "expired" in info.value.details and "evicted" in info.value.details
