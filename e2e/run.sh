@@ -118,7 +118,7 @@ build() {  # build <what> <docker build args...>
   local what=$1; shift
   local t0; t0=$(date +%s)
   say "building $what"
-  if ! docker build --network host "$@" >"$E2E_CACHE/build-$what.log" 2>&1; then
+  if ! docker build --force-rm --network host "$@" >"$E2E_CACHE/build-$what.log" 2>&1; then
     tail -30 "$E2E_CACHE/build-$what.log" | sed 's/^/    /' >&2
     die "docker build of $what failed (log: $E2E_CACHE/build-$what.log)"
   fi
