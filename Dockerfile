@@ -9,34 +9,66 @@
 #
 #   docker build --build-arg TORCH_VARIANT=cuda -t rnnserve:cuda .
 #
-# TORCH_INDEX_URL overrides the index torch comes from (e.g. https://download.pytorch.org/whl/cu128).
+# Build arguments for other base images and package sources (e.g. behind a corporate proxy or
+# offline; `make e2e` uses them with a Debian base made by debootstrap and a local index):
+#   BASE_IMAGE        the image both stages start from; it needs python3 (3.11, with venv),
+#                     ca-certificates, groupadd/useradd (default python:3.11-slim-bookworm)
+#   PIP_INDEX_URL     the package index for everything but torch (default https://pypi.org/simple)
+#   PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_TRUSTED_HOST   more sources (space-separated lists)
+#   TORCH_INDEX_URL   the index torch comes from (default: PyTorch's CPU index for cpu,
+#                     PIP_INDEX_URL for cuda), e.g. https://download.pytorch.org/whl/cu128
+#   EXTRA_CA_CERTS    PEM text of extra CA certificates pip must trust (a TLS-inspecting proxy):
+#                     --build-arg EXTRA_CA_CERTS="$(cat corp-ca.pem)"
 # The torch version is the one pinned in pyproject.toml. See docs/deploy.md.
 
 ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 
 # ---- build: a virtual environment with torch and rnnserve -------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=""
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
+ARG PIP_TRUSTED_HOST=""
+ARG EXTRA_CA_CERTS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 
-RUN python -m venv /opt/venv
+# The package sources become the build stage's /etc/pip.conf (empty arguments are left out, as
+# pip would read an empty PIP_* variable as a source); extra CAs join the system bundle, which
+# pip is told to use. Neither reaches the runtime stage.
+RUN set -eu; \
+    if [ -n "$EXTRA_CA_CERTS" ]; then \
+      printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/build-extra-ca.crt; \
+      update-ca-certificates; \
+    fi; \
+    { echo "[global]"; \
+      echo "cert = /etc/ssl/certs/ca-certificates.crt"; \
+      echo "index-url = $PIP_INDEX_URL"; \
+      if [ -n "$PIP_EXTRA_INDEX_URL" ]; then echo "extra-index-url = $PIP_EXTRA_INDEX_URL"; fi; \
+      if [ -n "$PIP_FIND_LINKS" ]; then echo "find-links = $PIP_FIND_LINKS"; fi; \
+      if [ -n "$PIP_TRUSTED_HOST" ]; then echo "trusted-host = $PIP_TRUSTED_HOST"; fi; \
+    } > /etc/pip.conf; \
+    unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST; \
+    python3 -m venv /opt/venv
 
 WORKDIR /src
 
 # torch first (the biggest layer, cached until pyproject.toml changes), from the variant's index.
 # The version is pinned: it is read from pyproject.toml ("torch==X.Y.Z"), which hadolint can't see.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # hadolint ignore=DL3013
 RUN set -eu; \
+    unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST; \
     torch_pin="$(sed -n 's/^[[:space:]]*"\(torch==[^"]*\)",\{0,1\}[[:space:]]*$/\1/p' pyproject.toml)"; \
     test -n "$torch_pin" || { echo "no torch==... pin in pyproject.toml" >&2; exit 1; }; \
     case "$TORCH_VARIANT" in \
       cpu)  index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
-      cuda) index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+      cuda) index="${TORCH_INDEX_URL:-$(sed -n 's/^index-url = //p' /etc/pip.conf)}" ;; \
       *)    echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac; \
     pip install --index-url "$index" "$torch_pin"
@@ -44,15 +76,17 @@ RUN set -eu; \
 # Then the project itself (a regular, non-editable install: only rnnserve/ lands in site-packages;
 # the torch already installed satisfies the pin, including the CPU wheel's +cpu local version).
 # Its dependencies are pinned or bounded in pyproject.toml.
+COPY README.md ./
 COPY proto/ proto/
 COPY server/ server/
 COPY client/ client/
 COPY models/ models/
-RUN pip install . \
+RUN unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST \
+ && pip install . \
  && python -c "import rnnserve.server, rnnserve.client, rnnserve.models, rnnserve.v1"
 
 # ---- runtime ------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="rnnserve" \

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto bench bench-peers soak clean gpu-check wheels
+.PHONY: setup serve test lint proto bench bench-peers soak clean gpu-check wheels e2e
 
 setup: $(STAMP)
 
@@ -80,6 +80,13 @@ wheels: setup
 # Load past the admission limits for 2 minutes on loopback; exits 1 on a leak or a bad status.
 soak: setup
 	$(BIN)/python -m bench.soak --duration 120
+
+# The compose stack run for real: builds the images, `docker-compose up` with 2 replicas, Redis,
+# the nginx load balancer and Prometheus, checks it through the load balancer (e2e/check.py),
+# then `docker-compose down -v`. Needs a Docker engine (started here when run as root), docker-compose
+# and debootstrap; see e2e/run.sh and docs/deploy.md.
+e2e: setup
+	bash e2e/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

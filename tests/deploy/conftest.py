@@ -267,9 +267,13 @@ def scrape_config_for(live_server: ThreadedServer, listen: str) -> dict[str, Any
     config = load_yaml((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    [static] = jobs["rnnserve"]["static_configs"]
-    assert static["targets"] == ["rnnserve:8000"], "the rewrite below expects one target"
-    static["targets"] = [f"127.0.0.1:{live_server.server.metrics_port}"]
+    # The committed job finds the replicas by DNS (compose's service name); here the one live
+    # server stands in for them, as a static target.
+    [dns] = jobs["rnnserve"].pop("dns_sd_configs")
+    assert dns["names"] == ["rnnserve"] and "static_configs" not in jobs["rnnserve"], (
+        "the rewrite below expects one DNS name and no static targets")
+    jobs["rnnserve"]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{live_server.server.metrics_port}"]}]
     if "prometheus" in jobs:
         jobs["prometheus"]["static_configs"] = [{"targets": [listen]}]
     return config

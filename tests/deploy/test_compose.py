@@ -18,21 +18,22 @@ GPU_OVERRIDE = "docker-compose.gpu.yml"
 
 # A clean interpolation environment: the tests see the committed defaults, not the caller's shell.
 COMPOSE_VARIABLES = ("BIND_ADDRESS", "MODEL_REPOSITORY", "GRAFANA_ADMIN_PASSWORD",
-                     "RNNSERVE_IMAGE_TAG")
+                     "RNNSERVE_IMAGE_TAG", "LB_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT",
+                     "REDIS_IMAGE", "NGINX_IMAGE", "PROMETHEUS_IMAGE", "GRAFANA_IMAGE")
 
 
 @pytest.fixture(scope="module")
 def compose(deploy: Any) -> Any:
     """Run ``docker-compose -f <files> config`` and return the resolved model."""
     binary = deploy.find_tool("docker-compose")
-    env = {k: v for k, v in os.environ.items()
-           if k not in COMPOSE_VARIABLES and not k.startswith(("RNNSERVE_", "COMPOSE_"))}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in COMPOSE_VARIABLES and not k.startswith(("RNNSERVE_", "COMPOSE_"))}
 
-    def config(*files: str) -> dict[str, Any]:
+    def config(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         args = [binary, "--project-directory", str(deploy.ROOT)]
         for name in files:
             args += ["-f", str(deploy.ROOT / name)]
-        result = deploy.run(args + ["config"], env=env)
+        result = deploy.run(args + ["config"], env={**clean, **(env or {})})
         assert result.returncode == 0, deploy.output(result)
         assert "WARNING" not in result.stderr, deploy.output(result)
         return deploy.load_yaml(result.stdout)
@@ -63,16 +64,55 @@ def published(service: dict[str, Any]) -> dict[int, str]:
 
 
 def test_services_and_restart_policy(base: dict[str, Any]) -> None:
-    assert set(base["services"]) == {"rnnserve", "prometheus", "grafana"}
+    assert set(base["services"]) == {"redis", "rnnserve", "lb", "prometheus", "grafana"}
     for name, service in base["services"].items():
         assert service.get("restart") == "unless-stopped", name
 
 
-def test_rnnserve_ports_are_published_on_loopback_by_default(base: dict[str, Any]) -> None:
+def test_only_the_load_balancer_and_dashboards_are_published_on_loopback(
+        base: dict[str, Any]) -> None:
+    """Replicas have no host ports (they scale); clients reach them through `lb` only."""
+    services = base["services"]
+    assert published(services["rnnserve"]) == {} and published(services["redis"]) == {}
+    assert published(services["lb"]) == {50051: "127.0.0.1:50051"}
+    assert published(services["prometheus"]) == {9090: "127.0.0.1:9090"}
+    assert published(services["grafana"]) == {3000: "127.0.0.1:3000"}
+    assert {int(p) for p in services["rnnserve"]["expose"]} == {50051, 8000}
+
+
+def test_two_replicas_share_the_redis_session_store(base: dict[str, Any]) -> None:
     rnnserve = base["services"]["rnnserve"]
-    assert published(rnnserve) == {50051: "127.0.0.1:50051", 8000: "127.0.0.1:8000"}
-    assert published(base["services"]["prometheus"]) == {9090: "127.0.0.1:9090"}
-    assert published(base["services"]["grafana"]) == {3000: "127.0.0.1:3000"}
+    assert rnnserve["scale"] == 2
+    settings = ServerSettings(session_store=rnnserve["environment"]["RNNSERVE_SESSION_STORE"])
+    assert settings.session_store == "redis://redis:6379/0"
+    assert "redis" in rnnserve["depends_on"]
+    redis = base["services"]["redis"]
+    assert redis["command"][0] == "redis-server"
+    assert "6379" not in str(redis.get("ports", "")), "Redis stays inside the compose network"
+
+
+def test_load_balancer_runs_the_repository_nginx_config(base: dict[str, Any], deploy: Any) -> None:
+    """`lb` mounts deploy/nginx/nginx.conf whole; it proxies gRPC to the service name."""
+    lb = base["services"]["lb"]
+    mounts = {v["target"]: v for v in lb["volumes"] if isinstance(v, dict)}
+    assert mounts["/etc/nginx/nginx.conf"]["source"] == str(deploy.ROOT / "deploy/nginx/nginx.conf")
+    assert mounts["/etc/nginx/nginx.conf"]["read_only"] is True
+    assert lb["command"] == ["nginx", "-g", "daemon off;"]
+    assert "rnnserve" in lb["depends_on"]
+    config = (deploy.ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "server rnnserve:50051" in config and "grpc_pass grpc://rnnserve;" in config
+    assert "listen 50051 http2;" in config
+
+
+def test_image_names_can_be_replaced_for_offline_machines(compose: Any) -> None:
+    """make e2e swaps the public images for local stand-ins through these variables."""
+    names = {"REDIS_IMAGE": "redis", "NGINX_IMAGE": "lb", "PROMETHEUS_IMAGE": "prometheus",
+             "GRAFANA_IMAGE": "grafana"}
+    resolved = compose("docker-compose.yml", env={k: f"local/{k.lower()}:x" for k in names})
+    for variable, service in names.items():
+        assert resolved["services"][service]["image"] == f"local/{variable.lower()}:x"
+    ports = compose("docker-compose.yml", env={"LB_PORT": "41000"})
+    assert published(ports["services"]["lb"]) == {50051: "127.0.0.1:41000"}
 
 
 def test_rnnserve_environment_names_real_settings(base: dict[str, Any]) -> None:
@@ -119,7 +159,10 @@ def test_prometheus_scrapes_the_rnnserve_service(base: dict[str, Any], deploy: A
     assert config["rule_files"] == ["rules.yml"]
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "rnnserve"]
     metrics_port = base["services"]["rnnserve"]["environment"]["RNNSERVE_METRICS_PORT"]
-    assert job["static_configs"] == [{"targets": [f"rnnserve:{metrics_port}"]}]
+    # Every replica, found by DNS: one A record per replica of the service.
+    assert "static_configs" not in job
+    assert job["dns_sd_configs"] == [
+        {"names": ["rnnserve"], "type": "A", "port": int(metrics_port), "refresh_interval": "15s"}]
 
 
 def test_grafana_is_provisioned_from_the_repository(base: dict[str, Any], deploy: Any) -> None:

@@ -32,6 +32,9 @@ REQUIRED = {
 }
 # Grafana's variables, as the test fills them in (every instance and model; a 1 m rate window).
 VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$model": ".*"}
+# Panels that draw one series per replica (Prometheus' `instance`: each replica is one target).
+PER_REPLICA = ("Server up", "Requests/s", "Server error ratio", "Requests in flight",
+               "Request latency by method", "Generated tokens/s", "Queue depth")
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
                 "unless", "bool", "offset", "inf", "nan"}
@@ -172,3 +175,19 @@ def test_every_panel_query_runs_and_shows_data(dashboard: dict[str, Any], promet
                                          variable["definition"]).groups()
             values = prometheus.api(f"label/{label}/values", **{"match[]": metric})
             assert values, f"variable {variable['name']} has no values"
+
+
+def test_per_replica_panels_draw_one_series_per_instance(
+        dashboard: dict[str, Any], prometheus: Any, traffic: dict[str, float]) -> None:
+    """With several replicas behind the load balancer, these panels tell them apart: a target
+    labelled by ``{{instance}}`` whose every series keeps the ``instance`` label."""
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    for title in PER_REPLICA:
+        targets = [t for t in by_title[title]["targets"]
+                   if "{{instance}}" in t.get("legendFormat", "")]
+        assert targets, f"{title}: no per-replica series"
+        for target in targets:
+            results = prometheus.query(fill(target["expr"]))
+            assert results, f"{title}: {target['expr']} shows no data"
+            assert all("instance" in r["metric"] for r in results), (
+                f"{title}: {target['expr']} aggregates the replicas away")

@@ -251,3 +251,47 @@ def test_compose_healthcheck_is_the_image_healthcheck(deploy: Any, live_server: 
     assert test[0] == "CMD" and test[1:] == healthcheck_command(deploy)
     result = run_healthcheck(test[1:], live_server.server.port, deploy)
     assert result.returncode == 0, deploy.output(result)
+
+
+# --- build arguments for other bases and package sources ----------------------------------------
+
+
+def test_base_image_and_package_sources_are_build_arguments(deploy: Any) -> None:
+    """Both stages start from BASE_IMAGE (public python slim by default); the package indexes
+    and extra CA certificates are arguments with the public defaults (make e2e overrides them)."""
+    steps = instructions(deploy)
+    args = {rest.partition("=")[0]: rest.partition("=")[2] for keyword, rest in steps
+            if keyword == "ARG"}
+    assert args["BASE_IMAGE"] == "python:${PYTHON_VERSION}-slim-bookworm"
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "TORCH_INDEX_URL",
+                 "EXTRA_CA_CERTS"):
+        assert args[name] == '""', name
+    froms = [rest for keyword, rest in steps if keyword == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE} AS runtime"]
+    run_lines = " ".join(rest for keyword, rest in steps if keyword == "RUN")
+    assert "python3 -m venv" in run_lines, "Debian bases have python3, not python"
+
+
+def test_pip_sources_become_the_build_stages_pip_conf(deploy: Any, tmp_path: Path) -> None:
+    """The RUN that writes /etc/pip.conf, run here with its paths redirected: empty arguments
+    are left out, the others are written, and extra CA certificates are installed."""
+    [script] = [rest for keyword, rest in instructions(deploy)
+                if keyword == "RUN" and "> /etc/pip.conf" in rest]
+    script = (script.replace("/usr/local/share/ca-certificates", str(tmp_path))
+              .replace("/etc/pip.conf", str(tmp_path / "pip.conf"))
+              .replace("update-ca-certificates", "true")
+              .replace("python3 -m venv /opt/venv", "true"))
+    env = {"PATH": os.environ["PATH"], "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "http://127.0.0.1:9/wheels",
+           "PIP_TRUSTED_HOST": "", "EXTRA_CA_CERTS": "-----BEGIN CERTIFICATE-----\nAA==\n"}
+    result = deploy.run(["sh", "-c", script], env=env)
+    assert result.returncode == 0, deploy.output(result)
+    assert (tmp_path / "pip.conf").read_text().splitlines() == [
+        "[global]", "cert = /etc/ssl/certs/ca-certificates.crt",
+        "index-url = http://127.0.0.1:9/simple", "find-links = http://127.0.0.1:9/wheels"]
+    assert (tmp_path / "build-extra-ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    env["EXTRA_CA_CERTS"] = ""
+    (tmp_path / "build-extra-ca.crt").unlink()
+    assert deploy.run(["sh", "-c", script], env=env).returncode == 0
+    assert not (tmp_path / "build-extra-ca.crt").exists()
