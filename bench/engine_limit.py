@@ -88,7 +88,7 @@ def predict_ch8_tokens_per_s(net: torch.nn.Module, vocab: object, duration: floa
 
 def measure(model_dir: Path, threads: int, duration: float, batches: list[int],
             device: str = "auto") -> dict:
-    from rnnserve.server.threads import StepThreads
+    from rnnserve.server.execution.threads import StepThreads
 
     step_threads = StepThreads(threads)  # 0: per batch size, as the server's engine chooses
     step_threads.apply(1)

@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 from rnnserve.models.charlm import CharLMConfig, RNNModel
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.device import is_out_of_memory
-from rnnserve.server.engine import GenerationEngine, GenerationRequest
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.device import is_out_of_memory
+from rnnserve.server.execution.engine import GenerationEngine, GenerationRequest
 from rnnserve.server.metrics import Metrics
 
 from bench.engine_limit import resolve_device, step_tokens_per_s, synchronize

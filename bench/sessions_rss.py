@@ -23,7 +23,7 @@ CONCURRENCY = 256
 
 
 async def _open_sessions(generator: object, n: int, prefixes: list[str]) -> int:
-    from rnnserve.server.requests import GenerateParams
+    from rnnserve.server.serving.requests import GenerateParams
 
     opened = 0
     rng = random.Random(n)
@@ -42,7 +42,7 @@ async def _open_sessions(generator: object, n: int, prefixes: list[str]) -> int:
 
 
 async def _warm(generator: object, n: int, prefixes: list[str]) -> None:
-    from rnnserve.server.requests import GenerateParams
+    from rnnserve.server.serving.requests import GenerateParams
 
     async def worker(count: int) -> None:
         for i in range(count):

@@ -2,7 +2,7 @@
 
 The Open Inference Protocol's ``inference.GRPCInferenceService`` (``rpc/oip.py``) is served on
 the same server, beside rnnserve.v1. Security wiring lives here too: TLS credentials
-(``rpc/tls.py``), the auth and default-deadline interceptors (``rpc/interceptors.py``), and the
+(``rpc/tls.py``), the auth and default-deadline interceptors (``rpc/auth.py``, ``rpc/deadline.py``), and the
 AdminService, registered only when enabled.
 """
 
@@ -17,12 +17,8 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from rnnserve.server.classification import CLASSIFICATION, Classifier
 from rnnserve.server.errors import RnnserveError
-from rnnserve.server.forecasting import FORECASTING, Forecasting
-from rnnserve.server.generation import GENERATION, Generator
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
-from rnnserve.server.registry import ModelRegistry, ModelState
 from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.oip import InferenceServicer
@@ -36,9 +32,13 @@ from rnnserve.server.rpc.servicers import (
 )
 from rnnserve.server.rpc.status import set_replica
 from rnnserve.server.rpc.tls import server_credentials
-from rnnserve.server.sequences import Sequences
+from rnnserve.server.serving.classification import CLASSIFICATION, Classifier
+from rnnserve.server.serving.forecasting import FORECASTING, Forecasting
+from rnnserve.server.serving.generation import GENERATION, Generator
+from rnnserve.server.serving.registry import ModelRegistry, ModelState
+from rnnserve.server.serving.sequences import Sequences
+from rnnserve.server.serving.store import make_session_store
 from rnnserve.server.settings import ServerSettings
-from rnnserve.server.store import make_session_store
 from rnnserve.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -1,6 +1,6 @@
 """Who is calling: the client identity an authenticated call carries (no gRPC here).
 
-The auth interceptor (``rpc/interceptors.py``) sets it for the task that serves the call; the
+The auth interceptor (``rpc/auth.py``) sets it for the task that serves the call; the
 serving logic reads it, e.g. to cap the sessions one client may hold. Without auth it is ``""``.
 An identity is a stable, non-reversible name of the bearer token, never the token itself.
 """

@@ -97,7 +97,7 @@ class ServerSettings(BaseSettings):
     )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads per model step (0 = chosen per step by its "
-        "size: one per 32 rows, at most the usable cores minus one; see server/threads.py).",
+        "size: one per 32 rows, at most the usable cores minus one; see server/execution/threads.py).",
     )
     batch_invariant: bool = Field(
         True, description="Batch-invariant execution of char LMs and classifiers (forecasters: "

@@ -7,8 +7,8 @@ import asyncio
 from types import SimpleNamespace
 
 import torch
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import GenerationEngine, GenerationOutbox, GenerationRequest
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.engine import GenerationEngine, GenerationOutbox, GenerationRequest
 
 VOCAB = ["<unk>", *"abcdefghij"]
 

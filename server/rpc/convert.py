@@ -3,9 +3,9 @@ generated protobuf code."""
 
 from __future__ import annotations
 
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import FinishReason
-from rnnserve.server.requests import (
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.engine import FinishReason
+from rnnserve.server.serving.requests import (
     ClassifyOutcome,
     ForecastChunk,
     ForecastParams,

@@ -22,7 +22,6 @@ import grpc
 from rnnserve import __version__
 from rnnserve.server import errors
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import ModelEntry, ModelRegistry, ModelState
 from rnnserve.server.rpc.oip_kinds import KINDS, Backends, KindTensors
 from rnnserve.server.rpc.servicers import known_label
 from rnnserve.server.rpc.status import (
@@ -33,7 +32,8 @@ from rnnserve.server.rpc.status import (
     status_of,
 )
 from rnnserve.server.rpc.tensors import Tensors, decode_inputs, fill_outputs, parameter_value
-from rnnserve.server.sequences import SequenceFlags
+from rnnserve.server.serving.registry import ModelEntry, ModelRegistry, ModelState
+from rnnserve.server.serving.sequences import SequenceFlags
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 logger = logging.getLogger("rnnserve.requests")

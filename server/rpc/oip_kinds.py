@@ -5,7 +5,7 @@
 - charlm: input ``text_input`` BYTES [1], optional ``max_tokens`` INT32 [1] (0 or absent: the
   server default), ``temperature`` FP32 [1], ``top_k`` INT32 [1], ``top_p`` FP32 [1], ``seed``
   UINT64 [1], ``stop`` BYTES [k]; output ``text_output`` BYTES [1] (Generate's text). The
-  sequence parameters continue sessions (:mod:`rnnserve.server.sequences`);
+  sequence parameters continue sessions (:mod:`rnnserve.server.serving.sequences`);
 - forecast: inputs ``series`` FP32 [T] (the observed points) and ``horizon`` INT32 [1]; output
   ``values`` FP32 [horizon] (Forecast's values; no sequences over this protocol yet).
 
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from rnnserve.models.kinds import ModelKind
-from rnnserve.server.classification import Classifier
-from rnnserve.server.decoding import DecodingOptions
 from rnnserve.server.errors import InvalidArgumentError
-from rnnserve.server.forecasting import Forecasting
-from rnnserve.server.requests import ForecastParams, GenerateParams
+from rnnserve.server.execution.decoding import DecodingOptions
 from rnnserve.server.rpc.tensors import Tensors, TensorSpec
-from rnnserve.server.sequences import SequenceFlags, Sequences
+from rnnserve.server.serving.classification import Classifier
+from rnnserve.server.serving.forecasting import Forecasting
+from rnnserve.server.serving.requests import ForecastParams, GenerateParams
+from rnnserve.server.serving.sequences import SequenceFlags, Sequences
 
 
 @dataclass(frozen=True)

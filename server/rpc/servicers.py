@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
-from rnnserve.server.classification import CLASSIFICATION, Classifier
 from rnnserve.server.errors import InvalidArgumentError
-from rnnserve.server.forecasting import FORECASTING, Forecasting
-from rnnserve.server.generation import GENERATION, Generator
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import ModelEntry, ModelRegistry, describe_entry
 from rnnserve.server.rpc import convert
 from rnnserve.server.rpc.status import rpc_method
+from rnnserve.server.serving.classification import CLASSIFICATION, Classifier
+from rnnserve.server.serving.forecasting import FORECASTING, Forecasting
+from rnnserve.server.serving.generation import GENERATION, Generator
+from rnnserve.server.serving.registry import ModelEntry, ModelRegistry, describe_entry
 from rnnserve.v1 import (
     admin_pb2,
     admin_pb2_grpc,

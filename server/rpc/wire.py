@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.rpc.handlers import handler_kind
 from rnnserve.server.rpc.status import REQUEST_ID_KEY, CallRecord, request_id
 
 MAX_PROBLEM_CHARS = 200
@@ -66,7 +67,7 @@ class WireInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        kind = _kind(handler)
+        kind = handler_kind(handler)
         inner = getattr(handler, kind)
         return handler._replace(
             request_deserializer=lenient(handler.request_deserializer),
@@ -134,9 +135,3 @@ def _checked_stream(inner: Callable[..., Any], method: str, metrics: Metrics
         return await inner(checked(requests, context), context)
 
     return call
-
-
-def _kind(handler: grpc.RpcMethodHandler) -> str:
-    if handler.request_streaming:
-        return "stream_stream" if handler.response_streaming else "stream_unary"
-    return "unary_stream" if handler.response_streaming else "unary_unary"

@@ -15,7 +15,7 @@ import pytest
 from rnnserve.client import AsyncClient
 from rnnserve.server.calls import call_bound
 from rnnserve.server.errors import DeadlineExceededError
-from rnnserve.server.requests import GenerateParams
+from rnnserve.server.serving.requests import GenerateParams
 from rnnserve.v1 import generation_pb2
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -12,7 +12,7 @@ from rnnserve.client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from rnnserve.server.rpc.interceptors import TokenSet, bearer_token
+from rnnserve.server.rpc.auth import TokenSet, bearer_token
 from rnnserve.v1 import admin_pb2, admin_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import bearer

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-import rnnserve.server.registry as registry
+import rnnserve.server.serving.registry as registry
 from conftest import test_settings as server_settings
 from rnnserve.server import main
 

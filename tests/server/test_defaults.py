@@ -3,7 +3,7 @@
 - 256 concurrent unary calls on one channel, each caller sending its next call as soon as the
   last one ends (stream churn), all end OK: no REFUSED_STREAM turned UNAVAILABLE by a
   per-connection stream limit below the callers in flight.
-- torch threads are chosen per step by its size (:mod:`rnnserve.server.threads`).
+- torch threads are chosen per step by its size (:mod:`rnnserve.server.execution.threads`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections import Counter
 import grpc
 import pytest
 import torch
+from rnnserve.server.execution.threads import ROWS_PER_THREAD, StepThreads
 from rnnserve.server.settings import ServerSettings
-from rnnserve.server.threads import ROWS_PER_THREAD, StepThreads
 from rnnserve.v1 import classification_pb2, classification_pb2_grpc
 
 CALLERS = 256

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from engine_fakes import CountingModel, as_text, collect, expected, loaded_model, request, settled
-from rnnserve.server import decoding
-from rnnserve.server.batch import DecodeBatch
-from rnnserve.server.device import DeviceLostError
-from rnnserve.server.engine import GenerationEngine, GenerationOutbox
 from rnnserve.server.errors import ResourceExhaustedError
+from rnnserve.server.execution import decoding
+from rnnserve.server.execution.batch import DecodeBatch
+from rnnserve.server.execution.device import DeviceLostError
+from rnnserve.server.execution.engine import GenerationEngine, GenerationOutbox
 from rnnserve.server.metrics import Metrics
 
 
@@ -206,7 +206,7 @@ class _LostDevice:
 
 async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
     from rnnserve.client import AsyncClient, UnavailableError
-    from rnnserve.server.generation import GENERATION
+    from rnnserve.server.serving.generation import GENERATION
 
     server = await make_server()
     engine = server.registry.ready("", GENERATION).runner

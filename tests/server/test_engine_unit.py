@@ -18,8 +18,8 @@ from engine_fakes import (
     request,
     settled,
 )
-from rnnserve.server.engine import FinishReason, GenerationEngine, GenerationRequest
 from rnnserve.server.errors import ResourceExhaustedError
+from rnnserve.server.execution.engine import FinishReason, GenerationEngine, GenerationRequest
 from rnnserve.server.metrics import Metrics
 
 

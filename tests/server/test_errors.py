@@ -316,7 +316,7 @@ async def test_a_request_that_is_not_valid_protobuf_is_refused_cleanly(server, a
 
 
 async def test_one_failing_generation_does_not_fail_its_batch_mates(server, connect, monkeypatch):
-    from rnnserve.server import decoding
+    from rnnserve.server.execution import decoding
 
     real_sample = decoding.sample
 

@@ -4,6 +4,8 @@
    (those would only work by accident of the current directory or sys.path).
 2. Protobuf stays in the RPC layer: inside ``rnnserve.server`` only ``server/rpc/*`` and the
    composition root ``server/app.py`` import the generated ``rnnserve.v1`` code.
+3. The server's layers are folders and imports flow one way: protocol (``server/rpc/``) →
+   serving logic (``server/serving/``) → execution (``server/execution/``) → ``rnnserve.models``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,45 @@ def test_only_the_rpc_layer_and_the_composition_root_import_protobuf():
                 offenders.append(f"{rel}:{line}: {module}")
     assert checked >= 8, "the scan reached the server's domain modules"
     assert not offenders, "protobuf belongs in server/rpc/:\n" + "\n".join(offenders)
+
+
+LAYERS = {"rpc": 2, "serving": 1, "execution": 0}
+"""The server's layer folders, highest first: a module may import its own layer or lower ones."""
+
+
+def server_layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] == ["rnnserve", "server"] and len(parts) > 2 and parts[2] in LAYERS:
+        return parts[2]
+    return None
+
+
+def test_the_server_layers_are_folders_and_imports_flow_one_way():
+    offenders = []
+    seen = dict.fromkeys(LAYERS, 0)
+    for path in python_files("server"):
+        rel = path.relative_to(ROOT).as_posix().split("/")
+        own = rel[1] if len(rel) > 2 and rel[1] in LAYERS else None
+        if own is None:
+            continue
+        seen[own] += 1
+        for line, module in absolute_imports(path):
+            other = server_layer(module)
+            if other is not None and LAYERS[other] > LAYERS[own]:
+                offenders.append(f"{'/'.join(rel)}:{line}: {module} (a {own} module imports {other})")
+    assert all(n >= 3 for n in seen.values()), f"the scan reached every layer: {seen}"
+    assert not offenders, "imports flow rpc -> serving -> execution:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("module,layer", [
+    ("rnnserve.server.execution.engine", "execution"),
+    ("rnnserve.server.serving", "serving"),
+    ("rnnserve.server.rpc.status", "rpc"),
+    ("rnnserve.server.errors", None),
+    ("rnnserve.models.charlm", None),
+])
+def test_the_layer_reader_itself(module, layer):
+    assert server_layer(module) == layer
 
 
 def test_models_never_import_grpc_or_asyncio():

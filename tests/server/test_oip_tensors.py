@@ -8,7 +8,7 @@ from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.rpc.oip import _sequence
 from rnnserve.server.rpc.oip_kinds import KINDS
 from rnnserve.server.rpc.tensors import decode_inputs, fill_outputs
-from rnnserve.server.sequences import SequenceFlags
+from rnnserve.server.serving.sequences import SequenceFlags
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 

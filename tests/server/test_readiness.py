@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import test_settings as server_settings
 from rnnserve.client import AsyncClient, UnavailableError
-from rnnserve.server import registry as registry_module
 from rnnserve.server.app import build_server
+from rnnserve.server.serving import registry as registry_module
 
 
 async def test_not_serving_until_every_model_has_loaded(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import torch
-from rnnserve.server.decoding import DecodingOptions, sample, uniform
+from rnnserve.server.execution.decoding import DecodingOptions, sample, uniform
 
 OPTIONS = [DecodingOptions(temperature=0.8, top_k=20, top_p=0.9, seed=1),
            DecodingOptions(temperature=1.5, seed=2), DecodingOptions(temperature=0.3, top_k=3, seed=3),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
-from rnnserve.server.redis_store import decode_state, encode_state, redacted
+from rnnserve.server.serving.redis_store import decode_state, encode_state, redacted
 from rnnserve.server.settings import ServerSettings
 
 

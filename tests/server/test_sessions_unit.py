@@ -10,7 +10,7 @@ from rnnserve.server.errors import (
     SessionNotFoundError,
 )
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.sessions import SessionStore, new_session_id
+from rnnserve.server.serving.sessions import SessionStore, new_session_id
 
 
 class Clock:

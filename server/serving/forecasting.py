@@ -24,15 +24,15 @@ from concurrent.futures import Executor
 import torch
 from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.server.errors import InvalidArgumentError, SessionGoneReason, SessionNotFoundError
-from rnnserve.server.forecast_engine import ForecastEngine, ForecastJob
+from rnnserve.server.execution.forecast_engine import ForecastEngine, ForecastJob
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import ModelRegistry
-from rnnserve.server.requests import ForecastChunk, ForecastParams
-from rnnserve.server.runner import ServingKind, ServingModel
-from rnnserve.server.sessions import Session
+from rnnserve.server.serving.registry import ModelRegistry
+from rnnserve.server.serving.requests import ForecastChunk, ForecastParams
+from rnnserve.server.serving.runner import ServingKind, ServingModel
+from rnnserve.server.serving.sessions import Session
+from rnnserve.server.serving.store import SessionStoreBackend
 from rnnserve.server.settings import ServerSettings
-from rnnserve.server.store import SessionStoreBackend
 
 
 def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from rnnserve.server.errors import (
     SessionStoreUnavailableError,
 )
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.sessions import Session, new_session_id
+from rnnserve.server.serving.sessions import Session, new_session_id
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 from rnnserve.models import LoadedModel, ModelKind
-from rnnserve.server.batcher import ClassificationBatcher
 from rnnserve.server.errors import InvalidArgumentError
+from rnnserve.server.execution.batcher import ClassificationBatcher
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import ModelRegistry
-from rnnserve.server.requests import ClassificationResult, ClassifyOutcome, TokenWeight
-from rnnserve.server.runner import ServingKind
+from rnnserve.server.serving.registry import ModelRegistry
+from rnnserve.server.serving.requests import ClassificationResult, ClassifyOutcome, TokenWeight
+from rnnserve.server.serving.runner import ServingKind
 from rnnserve.server.settings import ServerSettings
-from rnnserve.server.threads import StepThreads
 
 
 def make_batcher(loaded: LoadedModel, name: str, executor: Executor, metrics: Metrics,

@@ -5,7 +5,7 @@ one batched step per iteration; each executor call runs up to ``max_steps_per_it
 and at every step boundary cancelled forecasts leave, finished ones leave with their final
 state, and queued newcomers join while there is room. A newcomer is first *prefilled* alone:
 its observed points run through the model from its start state in one call, whose last output
-is its first prediction; it then joins the batch (the :class:`~rnnserve.server.batch.
+is its first prediction; it then joins the batch (the :class:`~rnnserve.server.execution.batch.
 DecodeBatch` algebra, with ``(B, F)`` float points as the rows' next inputs), where each step
 feeds every row's last prediction back as its next input. Prefilling alone keeps a forecast
 independent of its batch mates, and so does the model's batch-invariant ``step`` (each row with
@@ -29,8 +29,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
-from rnnserve.server.batch import DecodeBatch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.execution.batch import DecodeBatch
 from rnnserve.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The session store interface the serving logic talks to, and the choice between two stores.
 
-``memory`` (the default) keeps sessions in this process (:class:`~rnnserve.server.sessions.
+``memory`` (the default) keeps sessions in this process (:class:`~rnnserve.server.serving.sessions.
 SessionStore`); ``redis://HOST:PORT/DB`` or ``rediss://...`` keeps them in Redis
-(:mod:`rnnserve.server.redis_store`), where every worker of every replica can continue every
-session. Both hand out :class:`~rnnserve.server.sessions.Session` objects whose ``state`` is a
+(:mod:`rnnserve.server.serving.redis_store`), where every worker of every replica can continue every
+session. Both hand out :class:`~rnnserve.server.serving.sessions.Session` objects whose ``state`` is a
 tensor and whose ``pending`` is the value the next step starts from (a character index for a
 char model, a tensor for a forecaster: :data:`Pending`).
 
@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.sessions import Session, SessionStore
+from rnnserve.server.serving.sessions import Session, SessionStore
 from rnnserve.server.settings import ServerSettings
 
 Pending = int | float | torch.Tensor
@@ -104,7 +104,7 @@ def make_session_store(settings: ServerSettings, metrics: Metrics) -> SessionSto
     url = settings.session_store
     if url == "memory":
         return MemorySessionStore(settings, metrics)
-    from rnnserve.server.redis_store import RedisSessionStore
+    from rnnserve.server.serving.redis_store import RedisSessionStore
 
     return RedisSessionStore(settings, metrics)
 

@@ -31,9 +31,9 @@ from rnnserve.server.errors import (
     NotFoundError,
     SessionNotFoundError,
 )
-from rnnserve.server.generation import Generator
 from rnnserve.server.identity import current_client
-from rnnserve.server.requests import GenerateParams, GenerationChunk
+from rnnserve.server.serving.generation import Generator
+from rnnserve.server.serving.requests import GenerateParams, GenerationChunk
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Prefill (consuming a request's prefix before its first decode step) takes one of
   long whatever the prefixes, and prefill memory is bounded by the chunk, not by the request.
   A row whose prefix is consumed joins the decode batch.
 
-Failures stay in the rows they belong to (:mod:`rnnserve.server.device` says what a failure
+Failures stay in the rows they belong to (:mod:`rnnserve.server.execution.device` says what a failure
 means): a failed prefill chunk fails the rows of that chunk, a failed join fails the newcomers
 (the running batch is untouched), a failed decode step fails the rows of that step, a failed
 sampling call is retried row by row so that only the failing request fails. Out of memory is
@@ -25,7 +25,7 @@ RESOURCE_EXHAUSTED. A lost device (a poisoned CUDA context) fails everything and
 ``on_device_lost``: the server turns NOT_SERVING and exits so that its supervisor replaces it.
 
 Threads: the request (:class:`GenerationRequest`) is immutable; its progress (:class:`_Row`) is
-owned by the executor thread; the :class:`~rnnserve.server.outbox.Outbox` is the only object
+owned by the executor thread; the :class:`~rnnserve.server.execution.outbox.Outbox` is the only object
 both threads touch. All torch work runs on the device's executor thread, never on the event
 loop. While there is work, each executor call queues the next one itself (behind any classifier
 batch waiting for the same device thread) and hands its tokens to the loop with
@@ -50,14 +50,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
-from rnnserve.server import decoding
-from rnnserve.server.batch import DecodeBatch
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.execution import decoding
+from rnnserve.server.execution.batch import DecodeBatch
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
+from rnnserve.server.execution.outbox import Outbox
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.outbox import Outbox
-from rnnserve.server.threads import StepThreads
 
 logger = logging.getLogger(__name__)
 

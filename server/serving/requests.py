@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import FinishReason
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.engine import FinishReason
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ A version that fails to load leaves the old one serving; the refusal is logged, 
 entry's ``error`` and not retried until its files change.
 
 The registry never branches on a model's kind: the composition root hands it one
-:class:`~rnnserve.server.runner.ServingKind` per kind, whose factory makes the model's runner.
+:class:`~rnnserve.server.serving.runner.ServingKind` per kind, whose factory makes the model's runner.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from rnnserve.server.errors import (
     NoDefaultModelError,
 )
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.requests import ModelDescription
-from rnnserve.server.runner import R, Runner, ServingKind, ServingModel
+from rnnserve.server.serving.requests import ModelDescription
+from rnnserve.server.serving.runner import R, Runner, ServingKind, ServingModel
 from rnnserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)

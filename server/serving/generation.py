@@ -16,13 +16,6 @@ from concurrent.futures import Executor
 from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
 from rnnserve.server.calls import call_expired
-from rnnserve.server.decoding import DecodingOptions
-from rnnserve.server.engine import (
-    GenerationEngine,
-    GenerationOutbox,
-    GenerationRequest,
-    GenerationResult,
-)
 from rnnserve.server.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -30,15 +23,22 @@ from rnnserve.server.errors import (
     SessionNotFoundError,
     echo,
 )
+from rnnserve.server.execution.decoding import DecodingOptions
+from rnnserve.server.execution.engine import (
+    GenerationEngine,
+    GenerationOutbox,
+    GenerationRequest,
+    GenerationResult,
+)
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.registry import ModelRegistry
-from rnnserve.server.requests import GenerateParams, GenerationChunk
-from rnnserve.server.runner import ServingKind, ServingModel
-from rnnserve.server.sessions import Session
+from rnnserve.server.serving.registry import ModelRegistry
+from rnnserve.server.serving.requests import GenerateParams, GenerationChunk
+from rnnserve.server.serving.runner import ServingKind, ServingModel
+from rnnserve.server.serving.sessions import Session
+from rnnserve.server.serving.store import SessionStoreBackend
 from rnnserve.server.settings import ServerSettings
-from rnnserve.server.store import SessionStoreBackend
-from rnnserve.server.threads import StepThreads
 
 MAX_TEMPERATURE = 100.0
 
