@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from rnnserve.models.checkpoint import load_model
+from rnnserve.server.execution.devices import resolve_device
 
 PREFIX = "time traveller"
 
@@ -36,13 +37,6 @@ def predict_ch8(prefix, num_preds, net, vocab, device):  # noqa: ANN001 - seed 0
         y, state = net(get_input(), state)
         outputs.append(int(y.argmax(dim=1).reshape(1)))
     return ''.join([vocab.idx_to_token[i] for i in outputs])
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -45,10 +45,11 @@ import torch
 from rnnserve.models.charlm import CharLMConfig, RNNModel
 from rnnserve.server.execution.decoding import DecodingOptions
 from rnnserve.server.execution.device import is_out_of_memory
+from rnnserve.server.execution.devices import resolve_device
 from rnnserve.server.execution.engine import GenerationEngine, GenerationRequest
 from rnnserve.server.metrics import Metrics
 
-from bench.engine_limit import resolve_device, step_tokens_per_s, synchronize
+from bench.engine_limit import step_tokens_per_s, synchronize
 from bench.server_proc import ROOT
 
 VOCAB = 28

@@ -10,10 +10,11 @@ from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.rpc import convert
 from rnnserve.server.rpc.status import rpc_method
+from rnnserve.server.serving.catalog import describe_entry
 from rnnserve.server.serving.classification import CLASSIFICATION, Classifier
 from rnnserve.server.serving.forecasting import FORECASTING, Forecasting
 from rnnserve.server.serving.generation import GENERATION, Generator
-from rnnserve.server.serving.registry import ModelEntry, ModelRegistry, describe_entry
+from rnnserve.server.serving.registry import ModelEntry, ModelRegistry
 from rnnserve.v1 import (
     admin_pb2,
     admin_pb2_grpc,

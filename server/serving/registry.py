@@ -1,4 +1,7 @@
-"""The model registry: loading, versions, device placement, readiness, and one engine per model.
+"""The model registry: loading, versions, device placement, readiness, and one runner per model.
+
+(The threads that load models and run them are ``execution/devices.py``; what ListModels says
+about a model is ``serving/catalog.py``.)
 
 At start every model directory of the repository is loaded (its highest version) onto the
 configured device. A model that fails to load is kept as FAILED with its reason, shown by
@@ -21,17 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import torch
-from rnnserve.models import ModelKind, kind_spec
+from rnnserve.models import ModelKind
 from rnnserve.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -52,8 +51,9 @@ from rnnserve.server.errors import (
     ModelNotReadyError,
     NoDefaultModelError,
 )
+from rnnserve.server.execution.devices import DaemonWorker, DeviceExecutors, resolve_device
 from rnnserve.server.metrics import Metrics
-from rnnserve.server.serving.requests import ModelDescription
+from rnnserve.server.serving.catalog import describe
 from rnnserve.server.serving.runner import R, Runner, ServingKind, ServingModel
 from rnnserve.server.settings import ServerSettings
 
@@ -100,13 +100,6 @@ class SwapResult:
     sessions_dropped: int
 
 
-def resolve_device(requested: str) -> torch.device:
-    """'auto' means CUDA when available; anything else is taken as a torch device string."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def fingerprint(vdir: Path) -> str:
     """Sizes and modification times of a version's files: changes when anything is rewritten."""
     parts = []
@@ -117,24 +110,6 @@ def fingerprint(vdir: Path) -> str:
         except OSError:
             parts.append("-")
     return "/".join(parts)
-
-
-class DeviceExecutors:
-    """One worker thread per device: it serialises all model work on that device."""
-
-    def __init__(self) -> None:
-        self._executors: dict[str, ThreadPoolExecutor] = {}
-
-    def for_device(self, device: torch.device) -> Executor:
-        key = str(device)
-        if key not in self._executors:
-            self._executors[key] = ThreadPoolExecutor(1, thread_name_prefix=f"rnnserve-{key}")
-        return self._executors[key]
-
-    def shutdown(self) -> None:
-        for executor in self._executors.values():
-            executor.shutdown(wait=True, cancel_futures=True)
-        self._executors.clear()
 
 
 class ModelRegistry:
@@ -444,81 +419,3 @@ class ModelRegistry:
         name = self.default_name(kind)
         entry = self._entries.get(name)
         return entry is not None and entry.state is ModelState.READY
-
-
-class DaemonWorker:
-    """One long-lived daemon thread that runs loads, one at a time, awaited from the event loop.
-
-    Loading may take long on a big or hostile checkpoint; shutdown (SIGTERM) never waits for
-    it: cancelling the await abandons the load, and the process exits without joining the
-    thread (a ThreadPoolExecutor's threads are joined at exit). The thread is kept, not started
-    per load: a thread that ran torch and exits can leave its OpenMP team spinning.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Callable[..., None]]] = (
-            queue.SimpleQueue())
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while True:
-            work, done = self._jobs.get()
-            try:
-                result, error = work(), None
-            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
-                result, error = None, err
-            try:
-                done(result, error)
-            except RuntimeError:
-                pass  # the event loop is gone (shutdown): nobody waits any more
-
-    async def run(self, fn: Callable[..., LoadedModel], *args: object) -> LoadedModel:
-        """``fn(*args)`` on the worker thread; the event loop stays free meanwhile."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[LoadedModel] = loop.create_future()
-
-        def settle(result: LoadedModel | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]
-
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        self._jobs.put((lambda: fn(*args),
-                        lambda result, error: loop.call_soon_threadsafe(settle, result, error)))
-        return await future
-
-
-def describe(loaded: LoadedModel) -> str:
-    """A short architecture summary, such as 'lstm 2x256' (the kind's words)."""
-    return kind_spec(loaded.kind).describe(loaded.config)
-
-
-def numeric_metrics(config: dict) -> dict[str, float]:
-    """The numeric held-out metrics recorded in a model's config."""
-    raw = config.get("metrics", {}) if isinstance(config.get("metrics"), dict) else {}
-    return {k: float(v) for k, v in raw.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def describe_entry(entry: ModelEntry, is_default: bool) -> ModelDescription:
-    """What ListModels and GetModel say about a model."""
-    loaded = entry.loaded
-    return ModelDescription(
-        name=entry.name,
-        version=entry.version,
-        kind=entry.kind.value if entry.kind is not None else "",
-        state=entry.state.value,
-        error=entry.error,
-        device=entry.device,
-        is_default=is_default,
-        architecture=describe(loaded) if loaded else "",
-        vocab_size=kind_spec(loaded.kind).vocab_size(loaded.config) if loaded else 0,
-        parameters=loaded.num_parameters if loaded else 0,
-        metrics=numeric_metrics(loaded.config) if loaded else {},
-    )
