@@ -94,16 +94,23 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
+DEADLINE_SKEW_S = 0.25
+"""A client's deadline fires on its own clock, and its cancel (RST_STREAM) can reach the server
+before the server's copy of that deadline (counted from when the headers arrived) runs out: a
+cancellation this close to the call's deadline is counted as DEADLINE_EXCEEDED, not CANCELLED."""
+
+
 class CallDeadline:
     """Whether a call's deadline passed: the client's own, or the server's default one."""
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
 
-    def expired(self) -> bool:
+    def expired(self, skew: float = 0.0) -> bool:
+        """Whether the deadline passed, or is less than ``skew`` seconds away."""
         remaining = self._context.time_remaining()
         bound = SERVER_DEADLINE.get()
-        return (remaining is not None and remaining <= 0) or (
+        return (remaining is not None and remaining <= skew) or (
             bound is not None and bound.expired())
 
 
@@ -120,7 +127,7 @@ class CallRecord:
         self.code = code
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
-        expired = CallDeadline(context).expired()
+        expired = CallDeadline(context).expired(skew=DEADLINE_SKEW_S)
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     def finish(self, metrics: Metrics) -> None:
