@@ -23,15 +23,15 @@ from concurrent.futures import Executor
 
 import torch
 from rnnserve.models import LoadedModel, ModelKind
-from rnnserve.server.errors import InvalidArgumentError, SessionGoneReason, SessionNotFoundError
+from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.execution.forecast_engine import ForecastEngine, ForecastJob
-from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.serving.registry import ModelRegistry
 from rnnserve.server.serving.requests import ForecastChunk, ForecastParams
 from rnnserve.server.serving.runner import ServingKind, ServingModel
 from rnnserve.server.serving.sessions import Session
 from rnnserve.server.serving.store import SessionStoreBackend
+from rnnserve.server.serving.turns import abandon_turn, begin_turn, commit_turn
 from rnnserve.server.settings import ServerSettings
 
 
@@ -82,12 +82,14 @@ class Forecasting:
     async def forecast(self, params: ForecastParams) -> AsyncIterator[ForecastChunk]:
         """Run one forecast; yields chunks of predicted values as the engine produces them."""
         self.validate(params)
-        entry, session, fresh = await self._open(params)
+        entry, session, fresh = await begin_turn(
+            self._registry, self._sessions, FORECASTING, params.model, params.session_id,
+            params.keep_session)
         try:
             job, observed = self._job(entry, session, params)
             entry.runner.submit(job)
         except BaseException:
-            await self._close(session, fresh, None)
+            await abandon_turn(self._sessions, session, fresh)
             raise
         self._metrics.forecast_points.labels(entry.name, "observed").inc(observed)
         session_id = session.id if session is not None else ""
@@ -107,7 +109,12 @@ class Forecasting:
                     return
         finally:
             job.outbox.cancelled = not completed
-            await self._close(session, fresh, job if completed else None, observed)
+            if completed and session is not None:
+                state, pending = self._session_state(session, job, observed)
+                await commit_turn(self._sessions, session, fresh, state, pending,
+                                  added_tokens=observed + job.outbox.predicted)
+            else:
+                await abandon_turn(self._sessions, session, fresh)
 
     def _job(self, entry: ServingModel[ForecastEngine], session: Session | None,
              params: ForecastParams) -> tuple[ForecastJob, int]:
@@ -133,47 +140,16 @@ class Forecasting:
             raise InvalidArgumentError("series", "must not be empty: the session holds no state")
         return ForecastJob(x, None, params.horizon), x.shape[0]
 
-    async def _open(self, params: ForecastParams
-                    ) -> tuple[ServingModel[ForecastEngine], Session | None, bool]:
-        if params.session_id:
-            session = await self._sessions.acquire(params.session_id, owner=current_client())
-            try:
-                if params.model and params.model != session.model:
-                    raise InvalidArgumentError(
-                        "model", f"session {params.session_id!r} belongs to model "
-                        f"{session.model!r}, not {params.model!r}")
-                entry = self._registry.ready(session.model, FORECASTING)
-                if entry.version != session.version:
-                    await self._sessions.remove_unloaded(session)
-                    raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
-            except BaseException:
-                await self._sessions.release(session)
-                raise
-            return entry, session, False
-        entry = self._registry.ready(params.model, FORECASTING)
-        if params.keep_session:
-            session = await self._sessions.open(entry.name, entry.version, current_client())
-            return entry, session, True
-        return entry, None, False
-
-    async def _close(self, session: Session | None, fresh: bool, job: ForecastJob | None,
-                     observed: int = 0) -> None:
-        """Store a finished job's state in its session; a failed request changes nothing."""
-        if session is None:
-            return
-        if job is None:
-            if fresh:
-                await self._sessions.discard(session)
-            else:
-                await self._sessions.release(session)
-            return
+    @staticmethod
+    def _session_state(session: Session, job: ForecastJob, observed: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a finished job leaves in its session: the states after the last observed and
+        the last predicted point, as one ``(2, S, L, H)`` tensor, and the last prediction."""
         end = job.outbox.end
         observed_state = end.observed
         if observed == 0 and session.state is not None:  # extended: no new observation
             observed_state = session.state[0].to(end.predicted.device)
-        await self._sessions.release(session, torch.stack([observed_state, end.predicted]),
-                                     end.pending, added_tokens=observed + job.outbox.predicted)
-
+        return torch.stack([observed_state, end.predicted]), end.pending
 
 def _unscaler(loaded: LoadedModel):  # noqa: ANN202 - a small closure
     """Model-space values -> the data's units (identity without scaling)."""

@@ -15,12 +15,8 @@ from concurrent.futures import Executor
 
 from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
-from rnnserve.server.calls import call_expired
 from rnnserve.server.errors import (
-    DeadlineExceededError,
     InvalidArgumentError,
-    SessionGoneReason,
-    SessionNotFoundError,
     echo,
 )
 from rnnserve.server.execution.decoding import DecodingOptions
@@ -28,16 +24,15 @@ from rnnserve.server.execution.engine import (
     GenerationEngine,
     GenerationOutbox,
     GenerationRequest,
-    GenerationResult,
 )
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.serving.registry import ModelRegistry
 from rnnserve.server.serving.requests import GenerateParams, GenerationChunk
-from rnnserve.server.serving.runner import ServingKind, ServingModel
-from rnnserve.server.serving.sessions import Session
+from rnnserve.server.serving.runner import ServingKind
 from rnnserve.server.serving.store import SessionStoreBackend
+from rnnserve.server.serving.turns import abandon_turn, begin_turn, commit_turn
 from rnnserve.server.settings import ServerSettings
 
 MAX_TEMPERATURE = 100.0
@@ -92,7 +87,9 @@ class Generator:
     async def generate(self, params: GenerateParams) -> AsyncIterator[GenerationChunk]:
         """Run one generation; yields chunks as the engine produces them (coalesced)."""
         max_tokens = self.validate(params)
-        entry, session, fresh = await self._open(params)
+        entry, session, fresh = await begin_turn(
+            self._registry, self._sessions, GENERATION, params.model, params.session_id,
+            params.keep_session)
         try:
             loaded = entry.loaded
             check_stops_producible(params.options.stop, loaded.vocab.idx_to_token, entry.name)
@@ -108,7 +105,7 @@ class Generator:
                                         max_tokens=max_tokens, options=params.options)
             outbox: GenerationOutbox = entry.runner.submit(request)
         except BaseException:
-            await self._close(session, fresh, None)
+            await abandon_turn(self._sessions, session, fresh)
             raise
         self._metrics.prefix_tokens.labels(entry.name).inc(len(ids))
         session_id = session.id if session is not None else ""
@@ -131,49 +128,12 @@ class Generator:
         finally:
             if not completed:
                 outbox.cancel()
-            await self._close(session, fresh, outbox.result if completed else None, len(ids))
-
-    async def _open(self, params: GenerateParams
-                    ) -> tuple[ServingModel[GenerationEngine], Session | None, bool]:
-        """The model entry and the session (acquired or newly opened) for a request."""
-        if params.session_id:
-            session = await self._sessions.acquire(params.session_id, owner=current_client())
-            try:
-                if params.model and params.model != session.model:
-                    raise InvalidArgumentError(
-                        "model", f"session {echo(params.session_id)} belongs to model "
-                        f"{session.model!r}, not {echo(params.model)}"
-                    )
-                entry = self._registry.ready(session.model, GENERATION)
-                if entry.version != session.version:
-                    await self._sessions.remove_unloaded(session)
-                    raise SessionNotFoundError(params.session_id, SessionGoneReason.UNLOADED)
-            except BaseException:
-                await self._sessions.release(session)
-                raise
-            return entry, session, False
-        entry = self._registry.ready(params.model, GENERATION)
-        if params.keep_session:
-            session = await self._sessions.open(entry.name, entry.version, current_client())
-            return entry, session, True
-        return entry, None, False
-
-    async def _close(self, session: Session | None, fresh: bool, result: GenerationResult | None,
-               prefix_tokens: int = 0) -> None:
-        """Store a finished generation's state in its session; a failed one changes nothing."""
-        if session is None:
-            return
-        if result is None:
-            if fresh:
-                await self._sessions.discard(session)
+            result = outbox.result if completed else None
+            if result is None:
+                await abandon_turn(self._sessions, session, fresh)
             else:
-                await self._sessions.release(session)
-            return
-        if call_expired():  # checked at commit time: a turn reported failed changes nothing
-            await self._close(session, fresh, None)
-            raise DeadlineExceededError("the turn's session state")
-        await self._sessions.release(session, result.state, result.pending,
-                                     added_tokens=prefix_tokens + result.generated)
+                await commit_turn(self._sessions, session, fresh, result.state, result.pending,
+                                  added_tokens=len(ids) + result.generated)
 
     async def end_session(self, session_id: str) -> int:
         """EndSession: drop the session; returns the characters it had seen."""

@@ -9,15 +9,18 @@ but not one byte of response data.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
+from pathlib import Path
 
 import pytest
 from rnnserve.client import AsyncClient
 from rnnserve.server.calls import call_bound
 from rnnserve.server.errors import DeadlineExceededError
-from rnnserve.server.serving.requests import GenerateParams
+from rnnserve.server.serving.requests import ForecastParams, GenerateParams
 from rnnserve.v1 import generation_pb2
 
+_SINE = Path(__file__).resolve().parents[2] / "model_repository" / "sine" / "1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
@@ -135,3 +138,30 @@ async def test_a_turn_past_its_deadline_at_commit_time_leaves_the_session_unchan
         again = await client.generate(" machine", max_tokens=5, session_id=opened.session_id)
         whole = await client.generate("the time" + opened.text + " machine", max_tokens=5)
         assert again.text == whole.text
+
+
+async def test_a_forecast_turn_past_its_deadline_leaves_the_session_unchanged(make_server, repo):
+    """The same rule for every kind that keeps sessions: here the forecaster."""
+    (repo / "sine").mkdir()
+    shutil.copytree(_SINE, repo / "sine" / "1")
+    server = await make_server(model_repository=repo)
+    async with AsyncClient(server.target, retries=0) as client:
+        series = [0.1 * i for i in range(12)]
+        opened = await client.forecast(series[:8], 3, model="sine", keep_session=True)
+        session = server.sessions.memory._sessions[opened.session_id]
+        before = (session.state, session.pending, session.total_tokens)
+
+        async def late_turn() -> None:
+            call_bound.set(_Expired())
+            params = ForecastParams(model="sine", series=tuple(series[8:]), horizon=5,
+                                    session_id=opened.session_id)
+            async for _ in server.forecasting.forecast(params):
+                pass
+
+        with pytest.raises(DeadlineExceededError):
+            await asyncio.create_task(late_turn())
+        assert session.state is before[0]
+        assert session.pending is before[1] and session.total_tokens == before[2]
+        again = await client.forecast(series[8:], 5, session_id=opened.session_id)
+        whole = await client.forecast(series, 5, model="sine")
+        assert again.values == whole.values
