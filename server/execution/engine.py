@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 PREFILL_MIN_TOKENS = 64  # a prefix this long is prefilled in chunks, never in the batch
 PREFILL_BATCH_ROWS = 32  # joining a batch this big, every prefix is prefilled (at a call's start)
-PREFILL_CHUNK_TOKENS = 256  # default prefix tokens per executor call
+PREFILL_CHUNK_TOKENS = 64  # default prefix tokens per executor call (the setting's default)
 
 
 class FinishReason(StrEnum):
