@@ -28,8 +28,7 @@ batch mates).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +36,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .invariant import InvariantRecurrence, Layer, linear_rows
+from .recurrent import Cell, architecture_dict, check_recurrent
 
 logger = logging.getLogger(__name__)
 
-Cell = Literal["rnn", "gru", "lstm"]
 State = tuple[Tensor, ...]
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -57,20 +56,12 @@ class CharLMConfig:
     nonlinearity: str = "tanh"  # rnn only: "tanh" or "relu"
 
     def __post_init__(self) -> None:
-        if self.cell not in _GATES:
-            raise ValueError(f"cell must be one of {sorted(_GATES)}, not {self.cell!r}")
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {self.nonlinearity!r}")
+        check_recurrent(self.cell, self.nonlinearity, self.dropout)
         if self.vocab_size < 1 or self.num_hiddens < 1 or self.num_layers < 1:
             raise ValueError("vocab_size, num_hiddens and num_layers must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if self.cell != "rnn":
-            d.pop("nonlinearity")
-        return d
+        return architecture_dict(self)
 
 
 def cell_of(rnn_layer: nn.Module) -> Cell:

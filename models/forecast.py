@@ -27,16 +27,15 @@ Serving (inference only, eval mode, no autograd), shaped like :class:`~.charlm.R
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Cell = Literal["rnn", "gru", "lstm"]
+from .recurrent import Cell, architecture_dict, check_recurrent
+
 State = tuple[Tensor, ...]
-_CELLS = ("rnn", "gru", "lstm")
 SEED_INIT_STD = 0.001  # seed 002 initialises every recurrent parameter N(0, 0.001)
 
 
@@ -52,20 +51,12 @@ class ForecastConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cell not in _CELLS:
-            raise ValueError(f"cell must be one of {list(_CELLS)}, not {self.cell!r}")
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {self.nonlinearity!r}")
+        check_recurrent(self.cell, self.nonlinearity, self.dropout)
         if self.input_size < 1 or self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("input_size, hidden_size and num_layers must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if self.cell != "rnn":
-            d.pop("nonlinearity")
-        return d
+        return architecture_dict(self)
 
 
 class Forecaster(nn.Module):

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
+from rnnserve.models import ModelKind
 from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.rpc import convert
@@ -43,15 +44,25 @@ def known_label(registry: ModelRegistry, name: str) -> str:
     return name if any(e.name == name for e in registry.entries()) else UNKNOWN_MODEL_LABEL
 
 
-class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+class _KindLabels:
+    """``model_label`` for a servicer whose requests name a model of one kind (empty = the kind's
+    default model), as the RPC boundary's metrics and log line need it."""
+
+    _registry: ModelRegistry
+    _kind: ModelKind
+
+    def model_label(self, request: object) -> str:
+        name = getattr(request, "model", "") or self._registry.default_name(self._kind)
+        return known_label(self._registry, name)
+
+
+class GenerationServicer(_KindLabels, generation_pb2_grpc.GenerationServiceServicer):
+    _kind = GENERATION.kind
+
     def __init__(self, generator: Generator, registry: ModelRegistry, metrics: Metrics) -> None:
         self._generator = generator
         self._registry = registry
         self.metrics = metrics
-
-    def model_label(self, request: object) -> str:
-        name = getattr(request, "model", "") or self._registry.default_name(GENERATION.kind)
-        return known_label(self._registry, name)
 
     @rpc_method("Generate")
     async def Generate(self, request: generation_pb2.GenerateRequest, context: Context
@@ -78,15 +89,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.EndSessionResponse(total_tokens=total)
 
 
-class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServicer):
+class ClassificationServicer(_KindLabels, classification_pb2_grpc.ClassificationServiceServicer):
+    _kind = CLASSIFICATION.kind
+
     def __init__(self, classifier: Classifier, registry: ModelRegistry, metrics: Metrics) -> None:
         self._classifier = classifier
         self._registry = registry
         self.metrics = metrics
-
-    def model_label(self, request: object) -> str:
-        name = getattr(request, "model", "") or self._registry.default_name(CLASSIFICATION.kind)
-        return known_label(self._registry, name)
 
     @rpc_method("Classify")
     async def Classify(self, request: classification_pb2.ClassifyRequest, context: Context
@@ -96,16 +105,14 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
         return convert.classify_response(outcome)
 
 
-class ForecastServicer(forecast_pb2_grpc.ForecastServiceServicer):
+class ForecastServicer(_KindLabels, forecast_pb2_grpc.ForecastServiceServicer):
+    _kind = FORECASTING.kind
+
     def __init__(self, forecasting: Forecasting, registry: ModelRegistry,
                  metrics: Metrics) -> None:
         self._forecasting = forecasting
         self._registry = registry
         self.metrics = metrics
-
-    def model_label(self, request: object) -> str:
-        name = getattr(request, "model", "") or self._registry.default_name(FORECASTING.kind)
-        return known_label(self._registry, name)
 
     @rpc_method("Forecast")
     async def Forecast(self, request: forecast_pb2.ForecastRequest, context: Context
