@@ -2,7 +2,8 @@
 
 The Open Inference Protocol's ``inference.GRPCInferenceService`` (``rpc/oip.py``) is served on
 the same server, beside rnnserve.v1. Security wiring lives here too: TLS credentials
-(``rpc/tls.py``), the auth and default-deadline interceptors (``rpc/auth.py``, ``rpc/deadline.py``), and the
+(``rpc/tls.py``), the auth interceptor (``rpc/auth.py``), the default deadline and lenient parser
+wrapped around every method handler once at registration (``rpc/registration.py``), and the
 AdminService, registered only when enabled.
 """
 
@@ -16,13 +17,14 @@ import os
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from rnnserve.server.errors import RnnserveError
 from rnnserve.server.metrics import Metrics, MetricsHttpServer
 from rnnserve.server.rpc.health import BoundedHealthServicer
 from rnnserve.server.rpc.interceptors import build_interceptors
 from rnnserve.server.rpc.oip import InferenceServicer
 from rnnserve.server.rpc.oip_kinds import Backends
+from rnnserve.server.rpc.registration import WrappingServer, handler_wrapper
 from rnnserve.server.rpc.servicers import (
     AdminServicer,
     ClassificationServicer,
@@ -119,36 +121,37 @@ class RnnServer:
             torch.set_num_threads(s.torch_threads)
         set_replica(f"{s.replica_name}/{os.getpid()}")
         credentials = server_credentials(s)
-        server = grpc.aio.server(interceptors=build_interceptors(s, self.metrics), options=[
+        server = grpc.aio.server(interceptors=build_interceptors(s), options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
             *keepalive_options(s),
         ])
+        # every service registers through this: its handlers are wrapped once, here
+        wrapped = WrappingServer(server, handler_wrapper(s, self.metrics))
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.generator, self.registry, self.metrics), server)
+            GenerationServicer(self.generator, self.registry, self.metrics), wrapped)
         classification_pb2_grpc.add_ClassificationServiceServicer_to_server(
-            ClassificationServicer(self.classifier, self.registry, self.metrics), server)
+            ClassificationServicer(self.classifier, self.registry, self.metrics), wrapped)
         forecast_pb2_grpc.add_ForecastServiceServicer_to_server(
-            ForecastServicer(self.forecasting, self.registry, self.metrics), server)
+            ForecastServicer(self.forecasting, self.registry, self.metrics), wrapped)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.registry, self.metrics), server)
+            ModelServicer(self.registry, self.metrics), wrapped)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(Backends(self.classifier, self.sequences, self.forecasting), self.registry,
-                              self.metrics, self.ready), server)
+                              self.metrics, self.ready), wrapped)
         services = [GENERATION_SERVICE, CLASSIFICATION_SERVICE, FORECAST_SERVICE, MODEL_SERVICE,
                     INFERENCE_SERVICE]
         if s.admin_enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminServicer(self.registry, self.metrics), server)
+                AdminServicer(self.registry, self.metrics), wrapped)
             services.append(ADMIN_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, wrapped)
+        # what reflection.enable_server_reflection does for an aio server (it checks the type)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
             (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )
+             reflection.SERVICE_NAME)), wrapped)
         address = f"{s.host}:{s.port}"
         if credentials is not None:
             self.port = server.add_secure_port(address, credentials)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "rnnserve_requests_total",
@@ -166,6 +169,16 @@ class Metrics:
             registry=r, multiprocess_mode="max",
         )
         self.session_store_up.set(1)
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: for the metrics every call touches, whose label
+        values are bounded and whose children are never removed (prometheus_client's
+        ``labels`` takes a lock and builds the key on each use)."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def set_session_age_functions(
         self, oldest_age: Callable[[], float], max_idle: Callable[[], float]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,35 +20,19 @@ from rnnserve.server.rpc.status import SERVER_DEADLINE
 
 logger = logging.getLogger(__name__)
 
-class DeadlineInterceptor(grpc.aio.ServerInterceptor):
-    """Bounds every unary and server-streaming call that brings no deadline of its own.
+def bounded_handler(handler: grpc.RpcMethodHandler, method: str, seconds: float
+                    ) -> grpc.RpcMethodHandler:
+    """``handler`` of the full method name ``method``, bounded to ``seconds`` when its call
+    brings no deadline of its own.
 
     Past the bound the call ends with DEADLINE_EXCEEDED, and its work is dropped at the next
-    step as for a client's own deadline. Health (``Watch`` is meant to be long-lived) is exempt.
+    step as for a client's own deadline. Client-streaming methods (reflection) and health
+    (``Watch`` is meant to be long-lived) are returned unchanged. Applied once per method,
+    when the method is registered (``rpc/registration.py``).
     """
-
-    def __init__(self, default_s: float) -> None:
-        self._default_s = default_s
-        # method -> (handler, bounded handler): a method's handler is the same object on every
-        # call (unless an interceptor before this one makes a new one), so the wrapper is made
-        # once per method, not once per call
-        self._bounded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.request_streaming or method.startswith(OPEN_PREFIXES):
-            return handler
-        cached = self._bounded.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        bounded = _bounded(handler, self._default_s)
-        self._bounded[method] = (handler, bounded)
-        return bounded
+    if handler.request_streaming or method.startswith(OPEN_PREFIXES):
+        return handler
+    return _bounded(handler, seconds)
 
 
 def _deadline_message(seconds: float) -> str:

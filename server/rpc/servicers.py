@@ -41,7 +41,7 @@ def known_label(registry: ModelRegistry, name: str) -> str:
     """
     if not name:
         return ""
-    return name if any(e.name == name for e in registry.entries()) else UNKNOWN_MODEL_LABEL
+    return name if registry.has(name) else UNKNOWN_MODEL_LABEL
 
 
 class _KindLabels:

@@ -13,8 +13,8 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
@@ -91,7 +91,7 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 64 \
                 and value.isprintable():
             return value
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()  # 16 hex digits, as before (a uuid4 costs 5x more)
 
 
 DEADLINE_SKEW_S = 0.25
@@ -133,14 +133,16 @@ class CallRecord:
     def finish(self, metrics: Metrics) -> None:
         seconds = time.perf_counter() - self.started
         code = self.code.name
-        metrics.requests.labels(self.method, self.model, code, self.protocol).inc()
-        metrics.request_duration.labels(self.method, self.model, self.protocol).observe(seconds)
-        logger.info(
-            "%s %s model=%s status=%s duration_ms=%.2f", self.rid, self.method, self.model or "-",
-            code, seconds * 1000,
-            extra={"request_id": self.rid, "method": self.method, "model": self.model,
-                   "status": code, "duration_ms": round(seconds * 1000, 3)},
-        )
+        metrics.child(metrics.requests, self.method, self.model, code, self.protocol).inc()
+        metrics.child(metrics.request_duration, self.method, self.model, self.protocol
+                      ).observe(seconds)
+        if logger.isEnabledFor(logging.INFO):  # the extra dict costs even when not logged
+            logger.info(
+                "%s %s model=%s status=%s duration_ms=%.2f", self.rid, self.method,
+                self.model or "-", code, seconds * 1000,
+                extra={"request_id": self.rid, "method": self.method, "model": self.model,
+                       "status": code, "duration_ms": round(seconds * 1000, 3)},
+            )
 
 
 async def _abort(context: grpc.aio.ServicerContext, record: CallRecord, exc: BaseException) -> None:
@@ -154,29 +156,42 @@ async def _abort(context: grpc.aio.ServicerContext, record: CallRecord, exc: Bas
                         f"internal error; request id {record.rid} (details are in the server log)")
 
 
-@contextlib.asynccontextmanager
-async def _boundary(servicer: Any, method: str, request: Any,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[CallRecord]:
-    """One call's record, in-flight gauge, error sorting, log line and metrics."""
-    record = CallRecord(method, servicer.model_label(request), request_id(context),
-                        getattr(servicer, "protocol", DEFAULT_PROTOCOL))
-    call_bound.set(CallDeadline(context))  # the serving logic checks it at commit time
-    servicer.metrics.in_flight.labels(method).inc()
-    try:
-        yield record
-    except (asyncio.CancelledError, GeneratorExit):
-        # a client that goes away while we wait raises CancelledError; one that goes away
-        # while gRPC is sending a stream's last message closes the stream at its yield
-        # (GeneratorExit)
-        record.cancelled(context)
-        raise
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the boundary sorts every error
-        await _abort(context, record, exc)
-    finally:
-        servicer.metrics.in_flight.labels(method).dec()
-        record.finish(servicer.metrics)
+class _Boundary:
+    """One call's record, in-flight gauge, error sorting, log line and metrics
+    (``async with _Boundary(...) as record``; a class, not a generator: it runs on every call)."""
+
+    __slots__ = ("_servicer", "_method", "_context", "_in_flight", "record")
+
+    def __init__(self, servicer: Any, method: str, request: Any,
+                 context: grpc.aio.ServicerContext) -> None:
+        self._servicer, self._method, self._context = servicer, method, context
+        self.record = CallRecord(method, servicer.model_label(request), request_id(context),
+                                 getattr(servicer, "protocol", DEFAULT_PROTOCOL))
+        self._in_flight = servicer.metrics.child(servicer.metrics.in_flight, method)
+
+    async def __aenter__(self) -> CallRecord:
+        call_bound.set(CallDeadline(self._context))  # the serving logic checks it at commit time
+        self._in_flight.inc()
+        return self.record
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> bool:
+        try:
+            if kind is None or issubclass(kind, grpc.aio.AbortError):
+                return False
+            if issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+                # a client that goes away while we wait raises CancelledError; one that goes
+                # away while gRPC is sending a stream's last message closes the stream at its
+                # yield (GeneratorExit)
+                self.record.cancelled(self._context)
+                return False
+            if issubclass(kind, Exception):  # the boundary sorts every error
+                assert exc is not None
+                await _abort(self._context, self.record, exc)  # raises AbortError
+            return False
+        finally:
+            self._in_flight.dec()
+            self.record.finish(self._servicer.metrics)
 
 
 def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -192,7 +207,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             @functools.wraps(fn)
             async def streaming(self: Any, request: Any, context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[Any]:
-                async with _boundary(self, name, request, context) as record:
+                async with _Boundary(self, name, request, context) as record:
                     await context.send_initial_metadata(
                         ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
                     check_fields(request)
@@ -205,7 +220,7 @@ def rpc_method(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
         @functools.wraps(fn)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with _boundary(self, name, request, context) as record:
+            async with _Boundary(self, name, request, context) as record:
                 context.set_trailing_metadata(
                     ((REQUEST_ID_KEY, record.rid), (REPLICA_KEY, _replica[0])))
                 check_fields(request)

@@ -2,17 +2,18 @@
 
 gRPC parses a request with the method's deserializer *before* any handler runs; a parse error
 there (truncated bytes, a string field that is not UTF-8) would end the call as UNKNOWN with a
-traceback in the log, no request id, no log line and no metrics. :class:`WireInterceptor`
+traceback in the log, no request id, no log line and no metrics. :func:`lenient_handler`
 gives every method of every service (ours, health, reflection) a deserializer that never
 raises: it returns an :class:`InvalidMessage` instead, and the method's wrapped behaviour
 answers it with INVALID_ARGUMENT ("request is not a valid <type>: ..."), the request id, one
-log line and the request counters, like any other refused call.
+log line and the request counters, like any other refused call. It is applied once per method,
+when the method is registered (``rpc/registration.py``), not on every call.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -52,27 +53,17 @@ def lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return parse
 
 
-class WireInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every method a lenient deserializer and answers unparsable requests itself."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        kind = handler_kind(handler)
-        inner = getattr(handler, kind)
-        return handler._replace(
-            request_deserializer=lenient(handler.request_deserializer),
-            **{kind: _checked(inner, method, self._metrics, handler.request_streaming)},
-        )
+def lenient_handler(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics
+                    ) -> grpc.RpcMethodHandler:
+    """``handler`` of the full method name ``method`` with a lenient deserializer, whose
+    behaviour answers an :class:`InvalidMessage` with INVALID_ARGUMENT."""
+    short = method.rsplit("/", 1)[-1]
+    kind = handler_kind(handler)
+    inner = getattr(handler, kind)
+    return handler._replace(
+        request_deserializer=lenient(handler.request_deserializer),
+        **{kind: _checked(inner, short, metrics, handler.request_streaming)},
+    )
 
 
 async def refuse(context: grpc.aio.ServicerContext, method: str, bad: InvalidMessage,

@@ -375,6 +375,10 @@ class ModelRegistry:
     def entries(self) -> list[ModelEntry]:
         return sorted(self._entries.values(), key=lambda e: e.name)
 
+    def has(self, name: str) -> bool:
+        """Whether a model called ``name`` is known (in any state)."""
+        return name in self._entries
+
     def entry(self, name: str) -> ModelEntry:
         entry = self._entries.get(name)
         if entry is None:
