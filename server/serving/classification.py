@@ -67,7 +67,8 @@ class Classifier:
         for enc, out in zip(encoded, scored, strict=True):
             tokens: tuple[TokenWeight, ...] = ()
             if explain:
-                tokens = tuple(TokenWeight(tok, out.attention[pos])
+                weights = out.attention()
+                tokens = tuple(TokenWeight(tok, weights[pos])
                                for tok, pos in zip(enc.tokens, enc.positions, strict=True))
             label = positive if out.score >= 0.5 else negative
             results.append(ClassificationResult(label, out.score, tokens))
