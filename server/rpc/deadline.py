@@ -97,6 +97,50 @@ def _watchdog(seconds: float, close: Callable[[], None] | None = None) -> None:
     task.add_done_callback(lambda _: timer.cancel())
 
 
+SWEEP_S = 0.5
+"""How often :class:`_UnaryWatchdog` looks at the unary calls it watches (seconds)."""
+
+
+class _UnaryWatchdog:
+    """:func:`_watchdog` for the unary calls of one method, without a timer per call.
+
+    Every call of a method has the same bound, so calls are due in the order they started:
+    :meth:`watch` records the call's task (a dict insert) and one sweep every ``SWEEP_S``
+    forgets the calls that ended and cancels the ones still running past their due time (so a
+    stuck call is dropped between ``seconds`` and ``seconds + SWEEP_S`` after it started). A
+    timer and a done-callback per call cost ~30 µs of event-loop time on every Classify.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._calls: dict[asyncio.Task[Any], float] = {}  # task -> when it is due
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        loop = task.get_loop()
+        self._calls[task] = loop.time() + self._seconds
+        if self._timer is None:
+            self._timer = loop.call_later(SWEEP_S, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for task, due in list(self._calls.items()):
+            if task.done():
+                del self._calls[task]
+            elif due <= now:
+                del self._calls[task]
+                logger.warning("%s: still writing %.1fs past the server's deadline (the client "
+                               "does not read); dropping the call", task.get_name(),
+                               WRITE_GRACE_S)
+                task.cancel()
+        if self._calls:
+            self._timer = loop.call_later(SWEEP_S, self._sweep, loop)
+
+
 def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHandler:
     kind = handler_kind(handler)
     inner = getattr(handler, kind)
@@ -145,10 +189,12 @@ def _bounded(handler: grpc.RpcMethodHandler, seconds: float) -> grpc.RpcMethodHa
 
         return handler._replace(**{kind: streaming})
 
+    watchdog = _UnaryWatchdog(seconds + WRITE_GRACE_S)
+
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if context.time_remaining() is not None:
             return await inner(request, context)
-        _watchdog(seconds + WRITE_GRACE_S)
+        watchdog.watch()
         try:
             async with asyncio.timeout(seconds) as bound:
                 SERVER_DEADLINE.set(bound)
