@@ -72,5 +72,5 @@ class Classifier:
                                for tok, pos in zip(enc.tokens, enc.positions, strict=True))
             label = positive if out.score >= 0.5 else negative
             results.append(ClassificationResult(label, out.score, tokens))
-        self._metrics.classified_texts.labels(entry.name).inc(len(texts))
+        self._metrics.child(self._metrics.classified_texts, entry.name).inc(len(texts))
         return ClassifyOutcome(results, entry.name, entry.version)
