@@ -2,7 +2,9 @@
 
 Past the bound the call ends with DEADLINE_EXCEEDED and its work is dropped at the next step, as
 for a client's own deadline; a stream whose client never reads is dropped ``WRITE_GRACE_S`` after
-it (gRPC's asyncio server cannot reset the stream, see docs/security.md).
+it (gRPC's asyncio server cannot reset the stream, see docs/security.md), a unary call stuck
+writing its answer between ``WRITE_GRACE_S`` and ``WRITE_GRACE_S + SWEEP_S`` after it. Each
+method's handler is wrapped once, at registration (``rpc/registration.py``).
 """
 
 from __future__ import annotations
