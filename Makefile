@@ -71,7 +71,8 @@ gpu-check:
 # (git-ignored; docs/gpu.md says how the device machine installs them with no network)
 WHEEL_PKGS := numpy grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
 	"protobuf>=6.31,<8" prometheus-client pydantic pydantic-settings tqdm jsonschema pytest \
-	pytest-asyncio pytest-timeout hypothesis pyyaml cryptography "setuptools>=68" wheel
+	pytest-asyncio pytest-timeout hypothesis pyyaml cryptography "setuptools>=68" wheel \
+	redis hiredis
 wheels: setup
 	$(BIN)/python -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
 		--abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
