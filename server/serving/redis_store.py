@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -46,6 +47,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import redis.asyncio as aioredis
 import torch
 from redis.asyncio.connection import AbstractConnection
@@ -138,7 +140,7 @@ def redacted(url: str) -> str:
 
 def encode_state(state: torch.Tensor) -> dict[str, Any]:
     """A state tensor as record fields: dtype name, shape (JSON), raw CPU bytes (C order)."""
-    cpu = state.detach().cpu().contiguous()
+    cpu = on_cpu(state)
     return {**state_layout(cpu), "state": state_bytes(cpu)}
 
 
@@ -147,21 +149,40 @@ def state_layout(tensor: torch.Tensor) -> dict[str, str]:
     return {"dtype": str(tensor.dtype)[len("torch."):], "shape": json.dumps(list(tensor.shape))}
 
 
+# The codec runs on the event loop, between a turn's two round trips: few torch calls, through
+# numpy where numpy has the dtype (bfloat16 goes through a uint8 view), and a record's dtype and
+# shape parsed once per layout, not once per turn.
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
+
+
+def on_cpu(state: torch.Tensor) -> torch.Tensor:
+    """The tensor as a contiguous CPU tensor without autograd (itself when it already is one)."""
+    if state.device.type == "cpu" and not state.requires_grad and state.is_contiguous():
+        return state
+    return state.detach().cpu().contiguous()
+
+
 def state_bytes(cpu: torch.Tensor) -> bytes:
-    """The raw bytes of a contiguous CPU tensor (through a uint8 view: numpy has no bfloat16)."""
+    """The raw bytes (C order) of a tensor that :func:`on_cpu` returned."""
+    if cpu.dtype in _NUMPY_DTYPES:
+        return cpu.numpy().tobytes()
     return cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b""
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(dtype: bytes, shape: bytes) -> tuple[torch.dtype, tuple[int, ...]]:
+    return getattr(torch, dtype.decode()), tuple(json.loads(shape))
 
 
 def decode_state(fields: dict[bytes, bytes]) -> torch.Tensor | None:
     """The state tensor of a record (on the CPU), or None when no turn has finished yet."""
     if b"state" not in fields:
         return None
-    dtype = getattr(torch, fields[b"dtype"].decode())
-    shape = json.loads(fields[b"shape"])
+    dtype, shape = _layout(fields[b"dtype"], fields[b"shape"])
     raw = fields[b"state"]
     if not raw:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(raw), dtype=dtype).view(shape)
+    return torch.frombuffer(bytearray(raw), dtype=dtype).view(shape)  # a writable copy
 
 
 def encode_pending(pending: int | float | torch.Tensor) -> dict[str, Any]:
@@ -298,7 +319,7 @@ class RedisSessionStore:
         now = time.time()
         args: list[Any] = [token, self._ttl_ms, self._marker_ms, now, session.id]
         if state is not None and pending is not None:
-            cpu = state.detach().cpu().contiguous()
+            cpu = on_cpu(state)
             old = session.state
             if old is None or old.dtype != cpu.dtype or old.shape != cpu.shape:
                 for key, value in state_layout(cpu).items():  # the record keeps them otherwise
