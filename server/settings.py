@@ -134,6 +134,11 @@ class ServerSettings(BaseSettings):
     max_steps_per_iteration: int = Field(
         8, ge=1, description="Decode steps run per engine iteration before new work is admitted."
     )
+    cuda_graphs: bool = Field(
+        False, description="Run char-LM decode steps on fixed row slots per batch-size bucket, "
+        "each bucket's step replayed as a CUDA graph (CUDA devices only; ignored with a warning "
+        "on the CPU). Off by default: docs/gpu.md has the measured gain.",
+    )
     prefill_chunk_tokens: int = Field(
         64, ge=1, description="Prefix tokens prefilled per engine iteration (chunked prefill: "
         "bounds how long one iteration stalls running streams and the prefill memory; 64 keeps a "

@@ -32,6 +32,12 @@ batch waiting for the same device thread) and hands its tokens to the loop with
 ``call_soon_threadsafe``: the device never waits for the loop (coalescing: one stream message
 carries the characters of one call; a first token is posted at once).
 
+With ``slots`` (:class:`~rnnserve.server.execution.slots.SlotStep`, the ``cuda_graphs``
+setting) each decode step runs on fixed row slots per batch-size bucket, replayed as a CUDA
+graph; the step's logits and state are then views of the slots, valid until the next step, which
+is all this engine needs (it reads the logits before the next step, and copies any state it
+keeps).
+
 Greedy next tokens stay on the device: the ids come to the host once per call, or at a step
 where they are needed (a row's first token, rows with stop strings). ``max_batch_size = 1``
 restores one-at-a-time execution (what batching buys is measured with it).
@@ -56,6 +62,7 @@ from rnnserve.server.execution.batch import DecodeBatch
 from rnnserve.server.execution.decoding import DecodingOptions
 from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.execution.outbox import Outbox
+from rnnserve.server.execution.slots import SlotStep
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 
@@ -150,7 +157,7 @@ class GenerationEngine:
                  max_batch_size: int, max_active: int, max_steps_per_iteration: int,
                  prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
                  on_device_lost: Callable[[BaseException], None] | None = None,
-                 threads: StepThreads | None = None) -> None:
+                 threads: StepThreads | None = None, slots: SlotStep | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (charlm)
         self.name = name
         self._module = model.module
@@ -158,6 +165,8 @@ class GenerationEngine:
         self._itos: list[str] = model.vocab.idx_to_token
         self._executor = executor
         self._threads = threads or StepThreads()  # torch threads per step, by its size
+        # decode steps on fixed row slots (CUDA graphs); None: the module's step, eagerly
+        self._slots = slots
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
@@ -521,7 +530,8 @@ class GenerationEngine:
         self._m_batch.observe(len(items))
         self._threads.apply(len(items))
         try:
-            logits, state = self._module.step(batch.tokens, batch.state)  # (B, V), S x (L, B, H)
+            stepper = self._slots if self._slots is not None else self._module
+            logits, state = stepper.step(batch.tokens, batch.state)  # (B, V), S x (L, B, H)
             nxt = logits.argmax(dim=1)  # (B,) on the device
         except Exception as exc:  # noqa: BLE001 - the rows of this step fail
             self._batch = None
