@@ -57,13 +57,15 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
 
 
 def graph_slots(loaded: LoadedModel, name: str, settings: ServerSettings) -> SlotStep | None:
-    """The CUDA-graph row slots of a char LM when ``cuda_graphs`` is set and it is on a GPU."""
+    """The CUDA-graph row slots of a char LM when ``cuda_graphs`` is on (the default) and it is
+    on a GPU. Asked for explicitly on another device: a warning, and eager steps."""
     if not settings.cuda_graphs:
         return None
     device = torch.device(loaded.device)
     if device.type != "cuda":
-        logger.warning("cuda_graphs is set but model %s runs on %s: its decode steps run "
-                       "eagerly", name, device)
+        if "cuda_graphs" in settings.model_fields_set:
+            logger.warning("cuda_graphs is set but model %s runs on %s: its decode steps run "
+                           "eagerly", name, device)
         return None
     return SlotStep(loaded.module, device, settings.max_batch_size, capture=True)
 
