@@ -211,6 +211,7 @@ async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_ex
     server = await make_server()
     engine = server.registry.ready("", GENERATION).runner
     engine._module = _LostDevice(engine._module)
+    engine._slots = None  # on a GPU: a captured CUDA graph would not call the injected step
     async with AsyncClient(server.target, timeout=10, retries=0) as client:
         assert await client.health() == "SERVING"
         with pytest.raises(UnavailableError) as info:
