@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -224,3 +225,126 @@ async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_ex
             await asyncio.sleep(0.02)
         assert await client.health() == "NOT_SERVING"
         assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
+
+
+class _LostDeviceAnyKind(_LostDevice):
+    """Every model call of any kind (prefill, step, score) hits a poisoned CUDA context."""
+
+    def prefill(self, *args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def score(self, *args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.mark.parametrize("kind", ["classification", "forecast"])
+async def test_a_lost_device_in_every_model_kind_turns_health_not_serving(make_server, kind):
+    from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server.serving.classification import CLASSIFICATION
+    from rnnserve.server.serving.forecasting import FORECASTING
+
+    server = await make_server()
+    runner = server.registry.ready("", CLASSIFICATION if kind == "classification"
+                                   else FORECASTING).runner
+    runner._module = _LostDeviceAnyKind(runner._module)
+    async with AsyncClient(server.target, timeout=10, retries=0) as client:
+
+        async def call() -> object:
+            if kind == "classification":
+                return await client.classify("a fine film")
+            return await client.forecast([0.1, 0.2, 0.3], 5)
+
+        with pytest.raises(UnavailableError) as info:
+            await call()
+        assert "device failed" in str(info.value) and "Traceback" not in str(info.value)
+        await asyncio.wait_for(server.device_lost.wait(), 10)
+        for _ in range(100):
+            if await client.health() == "NOT_SERVING":
+                break
+            await asyncio.sleep(0.02)
+        assert await client.health() == "NOT_SERVING"
+        with pytest.raises(UnavailableError, match="device failed"):  # refused from now on
+            await call()
+
+
+# --- the forecast engine: the same rules ------------------------------------------------------
+class _FaultyForecaster:
+    """The shipped sine forecaster; ``prefill`` of a series of ``bad_length`` points runs out
+    of memory, and ``step`` raises ``step_error`` while it is set."""
+
+    def __init__(self, module: object, bad_length: int) -> None:
+        self._module = module
+        self.bad_length = bad_length
+        self.step_error: Exception | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
+
+    def prefill(self, series, state):
+        if series.shape[1] == self.bad_length:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self._module.prefill(series, state)
+
+    def step(self, x, state):
+        if self.step_error is not None:
+            raise self.step_error
+        return self._module.step(x, state)
+
+
+async def _forecast_values(job) -> list[float]:
+    values: list[float] = []
+    while True:
+        got, _ = await job.outbox.take()
+        values += got
+        if job.outbox.done and job.outbox.error is None:
+            return values
+
+
+async def test_a_forecast_newcomer_out_of_memory_fails_alone_and_a_failed_step_fails_its_rows():
+    from conftest import MODEL_REPOSITORY
+    from rnnserve.models.checkpoint import load_model
+    from rnnserve.server.execution.forecast_engine import ForecastEngine, ForecastJob
+
+    clean = load_model(MODEL_REPOSITORY / "sine" / "1").module
+    faulty = _FaultyForecaster(clean, bad_length=7)
+    loaded = SimpleNamespace(module=faulty, device="cpu")
+    executor = ThreadPoolExecutor(1)
+    lost: list[BaseException] = []
+    engine = ForecastEngine(loaded, "sine", executor, Metrics(), max_batch_size=64,
+                            max_active=64, max_steps_per_iteration=4, on_device_lost=lost.append)
+    await engine.start()
+    try:
+        series = torch.sin(torch.linspace(0, 3, 20)).unsqueeze(1)  # (T, F)
+        ref = ForecastJob(series, None, 300)
+        engine.submit(ref)
+        want = await _forecast_values(ref)  # alone, no fault: the reference values
+
+        running = ForecastJob(series, None, 300)
+        engine.submit(running)
+        await asyncio.sleep(0.01)
+        newcomers = [ForecastJob(series[:7], None, 5) for _ in range(3)]
+        fine = ForecastJob(series[:9], None, 5)
+        for job in [*newcomers, fine]:
+            engine.submit(job)
+        assert await _forecast_values(running) == want  # the running forecast went on, exact
+        assert len(await _forecast_values(fine)) == 5
+        for job in newcomers:
+            with pytest.raises(ResourceExhaustedError, match="device memory exhausted"):
+                await _forecast_values(job)
+        assert engine.pending == 0
+
+        faulty.step_error = Boom("injected step")
+        rows = [ForecastJob(series, None, 50) for _ in range(4)]
+        for job in rows:
+            engine.submit(job)
+        for job in rows:
+            with pytest.raises(Boom):
+                await _forecast_values(job)
+        faulty.step_error = None
+        again = ForecastJob(series, None, 300)
+        engine.submit(again)
+        assert await _forecast_values(again) == want  # the engine goes on
+        assert engine.pending == 0 and not lost
+    finally:
+        await engine.stop()
+        executor.shutdown()
