@@ -348,3 +348,33 @@ async def test_a_forecast_newcomer_out_of_memory_fails_alone_and_a_failed_step_f
     finally:
         await engine.stop()
         executor.shutdown()
+
+
+async def test_rnnserve_serve_returns_exit_code_3_when_the_device_is_lost(monkeypatch):
+    """The entry point's part: after a lost device, ``serve`` stops and returns 3 (the code
+    ``rnnserve serve`` exits with, for its supervisor to start a new process)."""
+    from conftest import test_settings
+    from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server import main as entry
+    from rnnserve.server.serving.generation import GENERATION
+
+    made = []
+    real_build = entry.build_server
+    monkeypatch.setattr(entry, "build_server", lambda s: made.append(real_build(s)) or made[-1])
+    serving = asyncio.create_task(entry.serve(test_settings(metrics_port=-1)))
+    for _ in range(500):  # bounded: the shipped models load in about a second
+        if made and made[0].port and made[0].target and not serving.done():
+            try:
+                engine = made[0].registry.ready("", GENERATION).runner
+                break
+            except Exception:  # noqa: BLE001 - not loaded yet
+                pass
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the server did not start")
+    engine._module = _LostDevice(engine._module)
+    engine._slots = None
+    async with AsyncClient(made[0].target, timeout=10, retries=0) as client:
+        with pytest.raises(UnavailableError):
+            await client.generate("the time", max_tokens=5)
+    assert await asyncio.wait_for(serving, 20) == entry.DEVICE_LOST_EXIT == 3
