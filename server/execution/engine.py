@@ -60,7 +60,12 @@ from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution import decoding
 from rnnserve.server.execution.batch import DecodeBatch
 from rnnserve.server.execution.decoding import DecodingOptions
-from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
+from rnnserve.server.execution.device import (
+    DeviceLost,
+    is_device_lost,
+    request_error,
+    row_failure,
+)
 from rnnserve.server.execution.outbox import Outbox
 from rnnserve.server.execution.slots import SlotStep
 from rnnserve.server.execution.threads import StepThreads
@@ -141,13 +146,6 @@ class _Call:
     steps: int = 0
     batch_size: int = 0  # rows left in the decode batch
     device_lost: BaseException | None = None
-
-
-class _DeviceLost(Exception):  # noqa: N818 - internal control flow, carries the torch error
-    def __init__(self, cause: BaseException, rows: list[_Row]) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.rows = rows  # rows in hand when it happened (they may be in no queue)
 
 
 class GenerationEngine:
@@ -343,8 +341,8 @@ class GenerationEngine:
                         self._take(firsts, touched, early)
                         self._post(early, None)
                 self._flush()
-        except _DeviceLost as lost:
-            self._lose_device(call, lost.cause, lost.rows)
+        except DeviceLost as lost:
+            self._lose_device(call, lost.cause, lost.held)
         self._take(list(touched), touched, call)
         call.batch_size = len(self._batch) if self._batch is not None else 0
         return call
@@ -367,19 +365,11 @@ class GenerationEngine:
 
     def _fail(self, rows: list[_Row], exc: Exception, call: _Call, what: str) -> None:
         """Fail ``rows`` (each at most once) with the request error for ``exc``."""
-        if is_device_lost(exc):
-            raise _DeviceLost(exc, list(rows)) from exc
-        rows = [row for row in rows if not row.settled]
-        if not rows:
+        live = [row for row in rows if not row.settled]
+        if not live and not is_device_lost(exc):
             return
-        if is_out_of_memory(exc):  # expected under load: no traceback
-            logger.warning("generation %s on model %s ran out of device memory (%d requests "
-                           "fail with RESOURCE_EXHAUSTED): %s", what, self.name, len(rows), exc)
-        else:
-            logger.error("generation %s failed on model %s (%d requests fail)", what, self.name,
-                         len(rows), exc_info=exc)
-        error = request_error(exc)
-        for row in rows:
+        error = row_failure(exc, live or rows, f"generation {what} on model {self.name}")
+        for row in live:
             row.settled = True
             call.failed.append((row.outbox, error))
 
@@ -614,7 +604,7 @@ class GenerationEngine:
                                     options, seeds, draws)
         except Exception as exc:  # noqa: BLE001 - find the failing rows one at a time
             if is_device_lost(exc):
-                raise _DeviceLost(exc, list(rows)) from exc
+                raise DeviceLost(exc, list(rows)) from exc
             parts = []
             for k, (i, row) in enumerate(zip(index, rows, strict=True)):
                 try:

@@ -38,7 +38,11 @@ from dataclasses import dataclass, field
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution.batch import DecodeBatch
-from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
+from rnnserve.server.execution.device import (
+    DeviceLost,
+    request_error,
+    row_failure,
+)
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 
@@ -125,13 +129,6 @@ class _CallResult:
     batch_size: int = 0
     failed: list[tuple[ForecastJob, Exception]] = field(default_factory=list)  # each its error
     device_lost: BaseException | None = None
-
-
-class _DeviceLost(Exception):  # noqa: N818 - internal control flow, carries the torch error
-    def __init__(self, cause: BaseException, jobs: list[ForecastJob]) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.jobs = jobs  # jobs in hand when it happened (they may be in no queue)
 
 
 class ForecastEngine:
@@ -282,7 +279,7 @@ class ForecastEngine:
                     if batch is None:
                         break
                     batch = self._step(batch, touched, call)
-            except _DeviceLost as lost:
+            except DeviceLost as lost:
                 batch = None
                 self._lose_device(call, lost)
         self._batch = batch
@@ -296,25 +293,17 @@ class ForecastEngine:
 
     def _fail(self, jobs: list[ForecastJob], exc: Exception, call: _CallResult, what: str) -> None:
         """Fail ``jobs`` with the request error for ``exc`` (a lost device: everything)."""
-        if is_device_lost(exc):
-            raise _DeviceLost(exc, list(jobs)) from exc
-        if is_out_of_memory(exc):  # expected under load: no traceback
-            logger.warning("forecast %s on model %s ran out of device memory (%d requests fail "
-                           "with RESOURCE_EXHAUSTED): %s", what, self.name, len(jobs), exc)
-        else:
-            logger.error("forecast %s failed on model %s (%d requests fail)", what, self.name,
-                         len(jobs), exc_info=exc)
-        error = request_error(exc)
+        error = row_failure(exc, jobs, f"forecast {what} on model {self.name}")
         call.failed.extend((job, error) for job in jobs)
 
-    def _lose_device(self, call: _CallResult, lost: _DeviceLost) -> None:
+    def _lose_device(self, call: _CallResult, lost: DeviceLost) -> None:
         """The device context is gone: fail every job this engine holds, refuse new ones."""
         logger.critical("model %s: the device failed (%s); failing every forecast, the server "
                         "must be replaced", self.name, lost.cause)
         self._lost = True
         cause = lost.cause
         error = request_error(cause if isinstance(cause, Exception) else RuntimeError(cause))
-        jobs = list(lost.jobs)
+        jobs = list(lost.held)
         while self._waiting:
             jobs.append(self._waiting.popleft())
         failed = {job for job, _ in call.failed}
@@ -348,9 +337,9 @@ class ForecastEngine:
             return batch
         try:
             joined = self._prefill(admitting, touched, call)
-        except _DeviceLost as lost:  # the running rows are held too
+        except DeviceLost as lost:  # the running rows are held too
             held = [row.job for row in batch.items] if batch is not None else []
-            raise _DeviceLost(lost.cause, lost.jobs + held) from lost.cause
+            raise DeviceLost(lost.cause, lost.held + held) from lost.cause
         if joined is None:
             return batch
         try:
@@ -359,8 +348,8 @@ class ForecastEngine:
             held = [row.job for row in batch.items] if batch is not None else []
             try:
                 self._fail([row.job for row in joined.items], exc, call, "join")
-            except _DeviceLost as lost:
-                raise _DeviceLost(lost.cause, lost.jobs + held) from lost.cause
+            except DeviceLost as lost:
+                raise DeviceLost(lost.cause, lost.held + held) from lost.cause
             return batch
 
     def _prefill(self, jobs: list[ForecastJob], touched: dict[_Row, None], call: _CallResult
@@ -386,9 +375,9 @@ class ForecastEngine:
             except Exception as exc:  # noqa: BLE001 - this job fails alone
                 try:
                     self._fail([job], exc, call, "prefill")
-                except _DeviceLost as lost:  # every newcomer is in hand
+                except DeviceLost as lost:  # every newcomer is in hand
                     rest = [j for j in jobs[k + 1:]] + [r.job for r in rows]
-                    raise _DeviceLost(lost.cause, lost.jobs + rest) from lost.cause
+                    raise DeviceLost(lost.cause, lost.held + rest) from lost.cause
                 continue
             row = _Row(job, predicted=1, new=[y[0]], observed=row_state)
             touched[row] = None

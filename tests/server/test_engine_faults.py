@@ -205,28 +205,6 @@ class _LostDevice:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
-    from rnnserve.client import AsyncClient, UnavailableError
-    from rnnserve.server.serving.generation import GENERATION
-
-    server = await make_server()
-    engine = server.registry.ready("", GENERATION).runner
-    engine._module = _LostDevice(engine._module)
-    engine._slots = None  # on a GPU: a captured CUDA graph would not call the injected step
-    async with AsyncClient(server.target, timeout=10, retries=0) as client:
-        assert await client.health() == "SERVING"
-        with pytest.raises(UnavailableError) as info:
-            await client.generate("the time", max_tokens=5)
-        assert "device failed" in str(info.value) and "Traceback" not in str(info.value)
-        await asyncio.wait_for(server.device_lost.wait(), 10)
-        for _ in range(100):
-            if await client.health() == "NOT_SERVING":
-                break
-            await asyncio.sleep(0.02)
-        assert await client.health() == "NOT_SERVING"
-        assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
-
-
 class _LostDeviceAnyKind(_LostDevice):
     """Every model call of any kind (prefill, step, score) hits a poisoned CUDA context."""
 
@@ -237,19 +215,27 @@ class _LostDeviceAnyKind(_LostDevice):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
-@pytest.mark.parametrize("kind", ["classification", "forecast"])
+@pytest.mark.parametrize("kind", ["generation", "classification", "forecast"])
 async def test_a_lost_device_in_every_model_kind_turns_health_not_serving(make_server, kind):
+    """The server's part: health NOT_SERVING, the kind refuses new work, and
+    ``server.device_lost`` asks the entry point to exit (code 3, tested below)."""
     from rnnserve.client import AsyncClient, UnavailableError
     from rnnserve.server.serving.classification import CLASSIFICATION
     from rnnserve.server.serving.forecasting import FORECASTING
+    from rnnserve.server.serving.generation import GENERATION
 
     server = await make_server()
-    runner = server.registry.ready("", CLASSIFICATION if kind == "classification"
-                                   else FORECASTING).runner
+    serving_kind = {"generation": GENERATION, "classification": CLASSIFICATION,
+                    "forecast": FORECASTING}[kind]
+    runner = server.registry.ready("", serving_kind).runner
     runner._module = _LostDeviceAnyKind(runner._module)
+    runner._slots = None  # on a GPU: a captured CUDA graph would not call the injected step
     async with AsyncClient(server.target, timeout=10, retries=0) as client:
+        assert await client.health() == "SERVING"
 
         async def call() -> object:
+            if kind == "generation":
+                return await client.generate("the time", max_tokens=5)
             if kind == "classification":
                 return await client.classify("a fine film")
             return await client.forecast([0.1, 0.2, 0.3], 5)
@@ -263,6 +249,7 @@ async def test_a_lost_device_in_every_model_kind_turns_health_not_serving(make_s
                 break
             await asyncio.sleep(0.02)
         assert await client.health() == "NOT_SERVING"
+        assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
         with pytest.raises(UnavailableError, match="device failed"):  # refused from now on
             await call()
 
