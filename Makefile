@@ -71,11 +71,15 @@ gpu-check:
 # (git-ignored; docs/gpu.md says how the device machine installs them with no network)
 WHEEL_PKGS := numpy grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
 	"protobuf>=6.31,<8" prometheus-client pydantic pydantic-settings tqdm jsonschema pytest \
-	pytest-asyncio pytest-timeout hypothesis pyyaml cryptography "setuptools>=68" wheel
+	pytest-asyncio pytest-timeout hypothesis pyyaml cryptography "setuptools>=68" wheel redis \
+	hiredis tritonclient==2.73.0 ml-dtypes python-rapidjson urllib3 packaging
 wheels: setup
 	$(BIN)/python -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
 		--abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux_2_28_x86_64 -d .whl $(WHEEL_PKGS)
+	rm -f .whl/rnnserve-*.whl
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+	rm -rf .gpu/data && mkdir -p .gpu && cp -r ../shared/data .gpu/data
 
 # Load past the admission limits for 2 minutes on loopback; exits 1 on a leak or a bad status.
 soak: setup

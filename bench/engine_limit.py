@@ -45,19 +45,22 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_tokens_per_s(net: torch.nn.Module, batch: int, duration: float) -> float:
+def step_tokens_per_s(net: torch.nn.Module, batch: int, duration: float,
+                      stepper: object | None = None) -> float:
+    """Greedy tokens/s of ``stepper.step`` (default: the module's own eager ``step``)."""
     device = net.linear.weight.device
+    step = (stepper or net).step
     state = net.zero_state(batch)
     tokens = torch.zeros(batch, dtype=torch.long, device=device)
     with torch.inference_mode():
         for _ in range(20):  # warm-up
-            logits, state = net.step(tokens, state)
+            logits, state = step(tokens, state)
             tokens = logits.argmax(1)
         synchronize(device)
         steps, start = 0, time.perf_counter()
         while True:
             for _ in range(10):
-                logits, state = net.step(tokens, state)
+                logits, state = step(tokens, state)
                 tokens = logits.argmax(1)
             steps += 10
             synchronize(device)

@@ -4,7 +4,7 @@
 order, each part timed and each failure recorded instead of ending the run:
 
 1. ``step_vs_forward``: the serving ``step`` against the module's ``forward`` (seed 000's path)
-   on one step, max abs difference per cell (bound 1e-5);
+   on one step, max abs difference per cell (bound 1e-5), with cuDNN's TF32 off and on;
 2. ``prefill``: packed ``prefill`` against in-batch prefill (``step`` per character) on the
    same prefixes: exact equality and max abs difference of the states;
 3. ``greedy_batch_invariance``: greedy ids of 16 prefixes decoded alone vs in batches of 16 and
@@ -17,8 +17,14 @@ order, each part timed and each failure recorded instead of ending the run:
 6. ``engine_limit``: tokens/s of the eager ``step`` loop and of the engine as written
    (``GenerationEngine``, greedy, B requests in flight) for batch 1 ... 4096, for lstm/gru/rnn
    2x256 and one 3x1024 LSTM (random weights, vocabulary 28);
-7. ``grpc``: ``GenerateStream`` tokens/s at c = 64 / 256 / 1024 against a server subprocess on
-   the device with the limits raised (batch 1024, 4096 generations, 4096 streams).
+7. ``cuda_graphs``: decode steps on fixed row slots replayed as CUDA graphs
+   (:class:`~rnnserve.server.execution.slots.SlotStep`) against the eager ``step``: greedy
+   tokens/s per batch size, ids and final state bit-equal after 40 steps, and the engine's
+   tokens/s with ``cuda_graphs`` off and on (on the CPU the slots run without capture, which
+   only proves the script);
+8. ``grpc``: ``GenerateStream`` tokens/s at c = 64 / 256 / 1024 against a server subprocess on
+   the device with the limits raised (batch 1024, 4096 generations, 4096 streams), with
+   ``cuda_graphs`` off and on.
 
 ``--quick`` shrinks every part (batches up to 64, short windows, one pytest test, c = 16 / 64)
 so that ``--device cpu --quick`` proves the script on a machine without a GPU in about a minute.
@@ -47,6 +53,7 @@ from rnnserve.server.execution.decoding import DecodingOptions
 from rnnserve.server.execution.device import is_out_of_memory
 from rnnserve.server.execution.devices import resolve_device
 from rnnserve.server.execution.engine import GenerationEngine, GenerationRequest
+from rnnserve.server.execution.slots import SlotStep
 from rnnserve.server.metrics import Metrics
 
 from bench.engine_limit import step_tokens_per_s, synchronize
@@ -70,17 +77,29 @@ def prefixes(n: int, length: int, seed: int = 0) -> list[list[int]]:
 # --- 1, 2: numerics --------------------------------------------------------------------------
 @torch.inference_mode()
 def step_vs_forward(device: torch.device, models: list[tuple[str, int, int]]) -> dict:
+    """The serving step (full float32 products) against ``forward``, whose cuDNN RNN may use
+    TF32 (torch's default ``torch.backends.cudnn.allow_tf32 = True``): measured both ways;
+    the 1e-5 bound applies with TF32 off."""
     out = {}
-    for cell, hidden, layers in models:
-        net = build(cell, hidden, layers, device)
-        tokens = torch.randint(1, VOCAB, (64,), device=device)
-        state = tuple(torch.randn_like(t) * 0.5 for t in net.zero_state(64, device))
-        logits, new = net.step(tokens, state)
-        ref_logits, ref = net(tokens[:, None], net.to_seed_state(state))
-        ref = net.to_serving_state(ref)
-        diff = max((logits - ref_logits).abs().max().item(),
-                   *((a - b).abs().max().item() for a, b in zip(new, ref, strict=True)))
-        out[f"{cell}{layers}x{hidden}"] = {"max_abs_diff": diff, "pass": diff <= 1e-5}
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        for cell, hidden, layers in models:
+            net = build(cell, hidden, layers, device)
+            tokens = torch.randint(1, VOCAB, (64,), device=device)
+            state = tuple(torch.randn_like(t) * 0.5 for t in net.zero_state(64, device))
+            logits, new = net.step(tokens, state)
+            row = {}
+            for tf32 in (False, True):
+                torch.backends.cudnn.allow_tf32 = tf32
+                ref_logits, ref = net(tokens[:, None], net.to_seed_state(state))
+                ref = net.to_serving_state(ref)
+                diff = max((logits - ref_logits).abs().max().item(),
+                           *((a - b).abs().max().item() for a, b in zip(new, ref, strict=True)))
+                row["cudnn_tf32" if tf32 else "float32"] = diff
+            row["pass"] = row["float32"] <= 1e-5
+            out[f"{cell}{layers}x{hidden}"] = row
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
     return out
 
 
@@ -103,16 +122,23 @@ def packed_vs_in_batch_prefill(device: torch.device, length: int,
 
 
 # --- engine helpers ---------------------------------------------------------------------------
+def slot_step(net: RNNModel, device: torch.device, batch: int) -> SlotStep:
+    """Row slots for ``net``: captured as CUDA graphs on a GPU, eager slots on the CPU."""
+    return SlotStep(net, device, batch, capture=device.type == "cuda")
+
+
 class _Engine:
     """A GenerationEngine on its own executor and event loop (no server)."""
 
-    def __init__(self, net: RNNModel, device: torch.device, batch: int, **kw: Any) -> None:
+    def __init__(self, net: RNNModel, device: torch.device, batch: int, graphs: bool = False,
+                 **kw: Any) -> None:
         loaded = SimpleNamespace(module=net, device=str(device),
                                  vocab=SimpleNamespace(idx_to_token=ITOS))
         self.executor = ThreadPoolExecutor(1)
+        slots = slot_step(net, device, batch) if graphs else None
         self.engine = GenerationEngine(loaded, "check", self.executor, Metrics(),
                                        max_batch_size=batch, max_active=max(batch, 1) * 2,
-                                       max_steps_per_iteration=8, **kw)
+                                       max_steps_per_iteration=8, slots=slots, **kw)
 
     async def __aenter__(self) -> GenerationEngine:
         await self.engine.start()
@@ -139,8 +165,9 @@ def greedy_batch_invariance(device: torch.device, sizes: list[int], tokens: int)
         net = build(cell, hidden, layers, device)
         seqs = prefixes(16, 40, seed=1)
 
-        async def run(batch: int, net: RNNModel = net, seqs: list[list[int]] = seqs) -> list[str]:
-            async with _Engine(net, device, batch) as engine:
+        async def run(batch: int, net: RNNModel = net, seqs: list[list[int]] = seqs,
+                      graphs: bool = False) -> list[str]:
+            async with _Engine(net, device, batch, graphs) as engine:
                 if batch == 1:
                     return [await _generate(engine, s, tokens) for s in seqs]
                 fillers = prefixes(max(batch - len(seqs), 0), 40, seed=2)
@@ -149,7 +176,9 @@ def greedy_batch_invariance(device: torch.device, sizes: list[int], tokens: int)
 
         alone = asyncio.run(run(1))
         cells = {str(b): asyncio.run(run(b)) == alone for b in sizes}
-        out[f"{cell}{layers}x{hidden}"] = {"equal_to_alone_at_batch": cells}
+        graphed = {str(b): asyncio.run(run(b, graphs=True)) == alone for b in sizes}
+        out[f"{cell}{layers}x{hidden}"] = {"equal_to_alone_at_batch": cells,
+                                           "cuda_graphs_equal_to_alone_at_batch": graphed}
     return out
 
 
@@ -157,7 +186,8 @@ def greedy_batch_invariance(device: torch.device, sizes: list[int], tokens: int)
 def pytest_on_device(device: torch.device, quick: bool) -> dict:
     env = dict(os.environ, RNNSERVE_TEST_DEVICE=str(device))
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "tests/server/test_batching.py", "tests/server/test_seed_equivalence.py"]
+            "tests/server/test_batching.py", "tests/server/test_seed_equivalence.py",
+            "tests/server/test_batch_invariance.py", "tests/server/test_slots.py"]
     if quick:
         args += ["-k", "test_concurrent_greedy_requests_all_equal_the_seed"]
     started = time.perf_counter()
@@ -176,7 +206,7 @@ class _OomOnLongPrefill:
         return getattr(self._net, name)
 
     def prefill(self, sequences: list[list[int]], state: Any) -> Any:
-        if any(len(s) >= 100 for s in sequences):
+        if any(len(s) >= 50 for s in sequences):  # a chunk (64 tokens) of a long prefix
             raise torch.OutOfMemoryError("CUDA out of memory (injected by gpu_check)")
         return self._net.prefill(sequences, state)
 
@@ -218,9 +248,10 @@ def oom_probe(device: torch.device) -> dict:
 
 
 # --- 6: the engine limit ----------------------------------------------------------------------
-def engine_tokens_per_s(net: RNNModel, device: torch.device, batch: int, duration: float) -> float:
+def engine_tokens_per_s(net: RNNModel, device: torch.device, batch: int, duration: float,
+                        graphs: bool = False) -> float:
     async def run() -> float:
-        async with _Engine(net, device, batch) as engine:
+        async with _Engine(net, device, batch, graphs) as engine:
             counted = 0
             stop_at = time.perf_counter() + duration + 0.3
             start = time.perf_counter() + 0.3  # warm-up
@@ -261,23 +292,69 @@ def engine_limit(device: torch.device, batches: list[int], engine_batches: list[
     return out
 
 
-# --- 7: gRPC streams ----------------------------------------------------------------------------
+# --- 7: CUDA graphs -----------------------------------------------------------------------------
+@torch.inference_mode()
+def graphs_bit_equal(net: RNNModel, device: torch.device, batch: int, steps: int) -> bool:
+    """Greedy ids and the final state after ``steps`` steps: slots (graphs) vs eager."""
+    slots = slot_step(net, device, batch)
+    runs = []
+    for stepper in (net, slots):
+        tokens = torch.arange(batch, device=device) % (VOCAB - 1) + 1
+        state = net.zero_state(batch, device)
+        ids = []
+        for _ in range(steps):
+            logits, state = stepper.step(tokens, state)
+            tokens = logits.argmax(1)
+            ids.append(tokens)
+        runs.append((torch.stack(ids), tuple(t.clone() for t in state)))
+    (a, sa), (b, sb) = runs
+    return torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+
+
+def cuda_graphs(device: torch.device, batches: list[int], engine_batches: list[int],
+                duration: float, models: list[tuple[str, int, int]]) -> dict:
+    out: dict[str, Any] = {"captured": device.type == "cuda"}
+    for cell, hidden, layers in models:
+        net = build(cell, hidden, layers, device)
+        row: dict[str, Any] = {"bit_equal_40_steps_batch_64": graphs_bit_equal(net, device, 64,
+                                                                                40),
+                               "step_tokens_per_s": {}, "engine_tokens_per_s": {}}
+        for b in batches:
+            try:
+                eager = step_tokens_per_s(net, b, duration)
+                graphed = step_tokens_per_s(net, b, duration, slot_step(net, device, b))
+                row["step_tokens_per_s"][str(b)] = {"eager": eager, "graphs": graphed,
+                                                    "ratio": graphed / eager}
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a big batch
+                row["step_tokens_per_s"][str(b)] = f"{type(exc).__name__}: {exc}"[:200]
+        for b in engine_batches:
+            eager = engine_tokens_per_s(net, device, b, duration)
+            graphed = engine_tokens_per_s(net, device, b, duration, graphs=True)
+            row["engine_tokens_per_s"][str(b)] = {"eager": eager, "graphs": graphed,
+                                                  "ratio": graphed / eager}
+        out[f"{cell}{layers}x{hidden}"] = row
+    return out
+
+
+# --- 8: gRPC streams ----------------------------------------------------------------------------
 def grpc_streams(device: torch.device, concurrencies: list[int], duration: float) -> dict:
     from bench import load
     from bench.run import REPO
     from bench.run import prefixes as text_prefixes
     from bench.server_proc import ServerProcess, base_settings
 
-    settings = base_settings(REPO.resolve(), device=str(device), max_batch_size=1024,
-                             max_active_generations=4096, max_concurrent_streams=4096,
-                             torch_threads=1)
-    out = {}
-    with ServerProcess(settings) as server:
-        for c in concurrencies:
-            cell = asyncio.run(load.streams(server.target, c, duration, 0.5, text_prefixes(),
-                                            100))
-            out[str(c)] = {k: cell[k] for k in ("tokens_per_s", "errors", "ttft_p50_ms",
-                                                "msg_gap_p99_ms")}
+    out: dict[str, Any] = {}
+    for graphs in (False, True):
+        settings = base_settings(REPO.resolve(), device=str(device), max_batch_size=1024,
+                                 max_active_generations=4096, max_concurrent_streams=4096,
+                                 torch_threads=1, cuda_graphs=graphs)
+        cells = out["cuda_graphs" if graphs else "eager"] = {}
+        with ServerProcess(settings) as server:
+            for c in concurrencies:
+                cell = asyncio.run(load.streams(server.target, c, duration, 0.5,
+                                                text_prefixes(), 100))
+                cells[str(c)] = {k: cell[k] for k in ("tokens_per_s", "errors", "ttft_p50_ms",
+                                                      "msg_gap_p99_ms")}
     return out
 
 
@@ -313,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         ("engine_limit", lambda: engine_limit(
             device, [1, 16, 64] if q else [1, 4, 16, 64, 256, 1024, 4096],
             [1, 16] if q else [1, 64, 1024], 0.2 if q else 1.0, models)),
+        ("cuda_graphs", lambda: cuda_graphs(
+            device, [1, 16, 64] if q else [1, 64, 256, 1024, 4096],
+            [16] if q else [64, 1024], 0.2 if q else 0.7, models)),
         ("grpc", lambda: grpc_streams(device, [16, 64] if q else [64, 256, 1024],
-                                      1.0 if q else 3.0)),
+                                      1.0 if q else 2.5)),
     ]
     started = time.perf_counter()
     for name, part in parts:

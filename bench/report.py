@@ -34,6 +34,8 @@ def status_failures(results: dict) -> list[tuple[str, dict[str, int]]]:
     out = []
     for mode, cells in (_get(results, "server") or {}).items():
         for rpc, rows in cells.items():
+            if not isinstance(rows, list):  # "oip": the protocol comparison, not a cell list
+                continue
             for cell in rows:
                 if cell.get("statuses"):
                     out.append((f"{rpc} batching {mode} c={cell['concurrency']}",

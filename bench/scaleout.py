@@ -3,7 +3,9 @@
 1. Session turn latency, memory store vs Redis store: two servers (bench.server_proc) run side by
    side, one per store, against a private redis-server (free port, no persistence); one session
    on each gets ``--turns`` turns of one character in and one out, alternating between the two
-   servers in blocks so that both see the same machine load. p50/p99 in ms, and the difference.
+   servers in blocks so that both see the same machine load. p50/p99 in ms, and the difference;
+   also each server process's CPU time per turn (user + system, all threads), which moves far
+   less than wall-clock latency when other processes compete for the cores.
 2. Classify req/s and streams tok/s at c=64, ``rnnserve serve --workers 1`` vs ``--workers 2``
    (Redis store, torch_threads 1 per worker). The load is spread over 8 connections (8 callers
    each; a connection stays on one worker, the kernel picks it), so both workers get some. The
@@ -72,18 +74,24 @@ def session_latency(repo: Path, redis_url: str, turns: int, threads: int) -> dic
             stubs[name] = generation_pb2_grpc.GenerationServiceStub(channel)
             sids[name] = stubs[name].Generate(generation_pb2.GenerateRequest(
                 prefix="the time machine", max_tokens=1, keep_session=True)).session_id
+        pids, cpu = {"memory": mem.pid, "redis": red.pid}, {"memory": 0.0, "redis": 0.0}
         for block in range(turns // 50):
             for name in ("memory", "redis") if block % 2 == 0 else ("redis", "memory"):
+                cpu_before = machine.cpu_seconds(pids[name])
                 for _ in range(50):
                     started = time.perf_counter()
                     stubs[name].Generate(generation_pb2.GenerateRequest(
                         prefix="a", max_tokens=1, session_id=sids[name]), timeout=30)
                     times[name].append(time.perf_counter() - started)
+                cpu[name] += machine.cpu_seconds(pids[name]) - cpu_before
         for channel in channels:
             channel.close()
-    out = {name: {"turns": len(t), "p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)}
+    out = {name: {"turns": len(t), "p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99),
+                  "server_cpu_ms_per_turn": round(cpu[name] / max(len(t), 1) * 1000.0, 3)}
            for name, t in times.items()}
     out["redis_adds_p50_ms"] = round(out["redis"]["p50_ms"] - out["memory"]["p50_ms"], 3)
+    out["redis_adds_server_cpu_ms"] = round(out["redis"]["server_cpu_ms_per_turn"]
+                                            - out["memory"]["server_cpu_ms_per_turn"], 3)
     return out
 
 
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
-    p.add_argument("--turns", type=int, default=400, help="session turns per store")
+    p.add_argument("--turns", type=int, default=1000, help="session turns per store")
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--torch-threads", type=int, default=1)
@@ -186,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     s = out["session_turn"]
     print(f"session turn p50/p99 ms: memory {s['memory']['p50_ms']}/{s['memory']['p99_ms']}, "
           f"redis {s['redis']['p50_ms']}/{s['redis']['p99_ms']} "
-          f"(redis adds {s['redis_adds_p50_ms']} ms at p50)", file=sys.stderr)
+          f"(redis adds {s['redis_adds_p50_ms']} ms at p50; server CPU per turn "
+          f"{s['memory']['server_cpu_ms_per_turn']} vs {s['redis']['server_cpu_ms_per_turn']} ms)",
+          file=sys.stderr)
     print(f"workers 1 vs 2 at c={CONCURRENCY}: Classify {w1['classify_requests_per_s']} vs "
           f"{w2['classify_requests_per_s']} req/s (x{out['classify_ratio_2_vs_1']}), streams "
           f"{w1['stream_tokens_per_s']} vs {w2['stream_tokens_per_s']} tok/s "

@@ -156,7 +156,10 @@ class RNNModel(nn.Module):
         """The batch-invariant kernels on this module's current parameters (cached; rebuilt
         when the parameters move or are overwritten, e.g. by ``load_state_dict``)."""
         flat = self.rnn._flat_weights
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in flat)
+        # an inference tensor (a module built under torch.inference_mode) has no version
+        # counter and cannot be changed in place outside that mode: its address is the key
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype)
+                    for t in flat)
         cached = self._recurrence
         if cached is None or cached[0] != key:
             layers = [Layer(*flat[4 * i : 4 * i + 4]) for i in range(self.rnn.num_layers)]

@@ -116,7 +116,12 @@ class Forecaster(nn.Module):
         if series.dim() != 3 or series.shape[1] < 1:
             raise ValueError(f"series must be (B, T >= 1, F), got {tuple(series.shape)}")
         out, hn = self.rnn(series, self._seed_state(state))  # (B, T, H)
-        return self.linear(out[:, -1]), self._serving_state(hn)  # (B, F)
+        # the head over every time step, as the seed's forward does (out.view(-1, 16)): the
+        # same product shape as the seed's, so the same bits on a GPU too, where a (1, H)
+        # product would pick another kernel
+        b, t, h = out.shape
+        return self.linear(out.reshape(b * t, h)).view(b, t, -1)[:, -1], \
+            self._serving_state(hn)  # (B, F)
 
     @torch.no_grad()
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -145,7 +150,12 @@ class Forecaster(nn.Module):
         torch's fused cells (``rnn_tanh_cell``, ``gru_cell``, ``lstm_cell``, one call per
         layer) on the module's own parameters, then the head: at batch 1 these are the very
         kernels ``nn.RNN``/``nn.Linear`` run in the seed's loop, so the numbers are the seed's.
+        On CUDA, ``nn.RNN`` runs cuDNN, not these cells: there the step is the module's own
+        ``nn.RNN`` call on one time step, as in the seed's loop.
         """
+        if x.is_cuda:
+            out, hn = self.rnn(x.unsqueeze(1), self._seed_state(state))  # (B, 1, H)
+            return self.linear(out.reshape(-1, out.shape[-1])), self._serving_state(hn)
         cell = self.config.cell
         flat = self.rnn._flat_weights  # [w_ih, w_hh, b_ih, b_hh] per layer (nn.RNNBase order)
         hs: list[Tensor] = []

@@ -185,18 +185,19 @@ class Net(nn.Module):
 
 
 @torch.no_grad()
-def seed_forecast(model, series, horizon):
+def seed_forecast(model, series, horizon, device="cpu"):
     """Seed 002's test loop from a zero state: the model runs over every point of ``series``
     (a list of floats); the last output is the first prediction, each prediction is the next
-    input. Returns ``horizon`` floats."""
-    h = torch.zeros(1, 1, 16)
-    x = torch.tensor(series, dtype=torch.float32).view(1, len(series), 1)
+    input. Returns ``horizon`` floats. ``device``: where the model is (the seed's loop runs on
+    the CPU; ``.cpu()`` before ``.numpy()`` is the only change for another device)."""
+    h = torch.zeros(1, 1, 16, device=device)
+    x = torch.tensor(series, dtype=torch.float32, device=device).view(1, len(series), 1)
     out, h = model(x, h)
     pred = out[:, -1:, :]  # (1, 1, 1)
-    predictions = [pred.detach().data.numpy().ravel()[0]]
+    predictions = [pred.detach().data.cpu().numpy().ravel()[0]]
     for _ in range(horizon - 1):
         pred, h = model(pred, h)
-        predictions.append(pred.detach().data.numpy().ravel()[0])
+        predictions.append(pred.detach().data.cpu().numpy().ravel()[0])
     return [float(p) for p in predictions]
 
 

@@ -4,18 +4,24 @@ One asyncio queue, a future per text and one batching task: a batch closes when 
 ``max_batch_size`` texts or its first text has waited ``max_wait``. Every text is padded to the
 model's fixed sequence length, so a score never depends on its batch mates.
 ``max_batch_size = 1`` scores one text at a time.
+
+A failed batch fails its texts only, by :mod:`rnnserve.server.execution.device`'s rules: out of
+memory is RESOURCE_EXHAUSTED; a lost device also calls ``on_device_lost`` (the server turns
+NOT_SERVING and exits to be replaced) and later texts are refused (UNAVAILABLE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 
@@ -60,6 +66,8 @@ class ClassificationBatcher:
         self._wake: asyncio.Event | None = None  # set when a text arrives
         self._full: asyncio.Event | None = None  # set when max_batch_size texts wait
         self._task: asyncio.Task[None] | None = None
+        self.on_device_lost: Callable[[BaseException], None] | None = None  # set by the registry
+        self._lost = False
         self._m_queue = metrics.queue_depth.labels(name, "classification")
         self._m_batch = metrics.batch_size.labels(name, "classification")
         self._m_rejected = metrics.rejected.labels(name, "queued_texts")
@@ -86,6 +94,8 @@ class ClassificationBatcher:
         """Score padded token-id rows; RESOURCE_EXHAUSTED when too many texts wait already."""
         if self._wake is None:
             raise RuntimeError("batcher not started")
+        if self._lost:
+            raise RnnserveError(f"model {self.name!r}: the device failed; retry on another server")
         if len(self._queue) + len(rows) > self._max_queued:
             self._m_rejected.inc()
             raise ResourceExhaustedError(
@@ -148,9 +158,8 @@ class ClassificationBatcher:
                 scored = await loop.run_in_executor(
                     self._executor, self._score, [rows for rows, _ in batch]
                 )
-            except Exception as exc:
-                logger.exception("classifier %s failed on a batch", self.name)
-                scored = [exc] * len(batch)
+            except Exception as exc:  # noqa: BLE001 - this batch's texts fail, nothing else
+                scored = [self._failed(exc, len(batch))] * len(batch)
             for (_, future), result in zip(batch, scored, strict=True):
                 if future.done():
                     continue
@@ -158,6 +167,22 @@ class ClassificationBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _failed(self, exc: Exception, texts: int) -> Exception:
+        """Log a failed batch; the error its texts get (a lost device also tells the server)."""
+        if is_device_lost(exc):
+            logger.critical("classifier %s: the device failed (%s); the server must be replaced",
+                            self.name, exc)
+            self._lost = True
+            if self.on_device_lost is not None:
+                self.on_device_lost(exc)
+        elif is_out_of_memory(exc):  # expected under load: no traceback
+            logger.warning("classifier %s ran out of device memory (%d texts fail with "
+                           "RESOURCE_EXHAUSTED): %s", self.name, texts, exc)
+        else:
+            logger.error("classifier %s failed on a batch (%d texts fail)", self.name, texts,
+                         exc_info=exc)
+        return request_error(exc)
 
     def _score(self, rows: list[list[int]]) -> list[Scored]:
         self._threads.apply(len(rows))

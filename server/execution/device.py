@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
+
+logger = logging.getLogger(__name__)
 
 _LOST_MARKERS = (
     "device-side assert",
@@ -45,6 +49,17 @@ def is_device_lost(exc: BaseException) -> bool:
     return any(marker in text for marker in _LOST_MARKERS)
 
 
+class DeviceLost(Exception):  # noqa: N818 - control flow inside an engine, not an error type
+    """Raised inside an engine's executor call when the device context is gone: carries the
+    torch error (``cause``) and the work in hand when it happened (``held``: rows or jobs that
+    may be in no queue), for the engine to fail everything it holds."""
+
+    def __init__(self, cause: BaseException, held: list) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.held = held
+
+
 class DeviceLostError(RnnserveError):
     """The model's device failed in a way no later call survives (UNAVAILABLE; the process exits)."""
 
@@ -59,3 +74,18 @@ def request_error(exc: Exception) -> Exception:
     if is_device_lost(exc):
         return DeviceLostError()
     return exc
+
+
+def row_failure(exc: Exception, held: list, what: str) -> Exception:
+    """The error for the ``held`` requests whose rows failed with ``exc``, logged once as
+    ``what`` (e.g. "generation prefill on model m"): out of memory as a warning without a
+    traceback, anything else as an error with it. A lost device raises :class:`DeviceLost`
+    instead, carrying ``held``."""
+    if is_device_lost(exc):
+        raise DeviceLost(exc, list(held)) from exc
+    if is_out_of_memory(exc):  # expected under load: no traceback
+        logger.warning("%s ran out of device memory (%d requests fail with RESOURCE_EXHAUSTED): "
+                       "%s", what, len(held), exc)
+    else:
+        logger.error("%s failed (%d requests fail)", what, len(held), exc_info=exc)
+    return request_error(exc)

@@ -32,6 +32,12 @@ batch waiting for the same device thread) and hands its tokens to the loop with
 ``call_soon_threadsafe``: the device never waits for the loop (coalescing: one stream message
 carries the characters of one call; a first token is posted at once).
 
+With ``slots`` (:class:`~rnnserve.server.execution.slots.SlotStep`, the ``cuda_graphs``
+setting) each decode step runs on fixed row slots per batch-size bucket, replayed as a CUDA
+graph; the step's logits and state are then views of the slots, valid until the next step, which
+is all this engine needs (it reads the logits before the next step, and copies any state it
+keeps).
+
 Greedy next tokens stay on the device: the ids come to the host once per call, or at a step
 where they are needed (a row's first token, rows with stop strings). ``max_batch_size = 1``
 restores one-at-a-time execution (what batching buys is measured with it).
@@ -54,8 +60,14 @@ from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution import decoding
 from rnnserve.server.execution.batch import DecodeBatch
 from rnnserve.server.execution.decoding import DecodingOptions
-from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
+from rnnserve.server.execution.device import (
+    DeviceLost,
+    is_device_lost,
+    request_error,
+    row_failure,
+)
 from rnnserve.server.execution.outbox import Outbox
+from rnnserve.server.execution.slots import SlotStep
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 
@@ -136,13 +148,6 @@ class _Call:
     device_lost: BaseException | None = None
 
 
-class _DeviceLost(Exception):  # noqa: N818 - internal control flow, carries the torch error
-    def __init__(self, cause: BaseException, rows: list[_Row]) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.rows = rows  # rows in hand when it happened (they may be in no queue)
-
-
 class GenerationEngine:
     """Owns all execution of one char language model."""
 
@@ -150,7 +155,7 @@ class GenerationEngine:
                  max_batch_size: int, max_active: int, max_steps_per_iteration: int,
                  prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
                  on_device_lost: Callable[[BaseException], None] | None = None,
-                 threads: StepThreads | None = None) -> None:
+                 threads: StepThreads | None = None, slots: SlotStep | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (charlm)
         self.name = name
         self._module = model.module
@@ -158,6 +163,8 @@ class GenerationEngine:
         self._itos: list[str] = model.vocab.idx_to_token
         self._executor = executor
         self._threads = threads or StepThreads()  # torch threads per step, by its size
+        # decode steps on fixed row slots (CUDA graphs); None: the module's step, eagerly
+        self._slots = slots
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
@@ -334,8 +341,8 @@ class GenerationEngine:
                         self._take(firsts, touched, early)
                         self._post(early, None)
                 self._flush()
-        except _DeviceLost as lost:
-            self._lose_device(call, lost.cause, lost.rows)
+        except DeviceLost as lost:
+            self._lose_device(call, lost.cause, lost.held)
         self._take(list(touched), touched, call)
         call.batch_size = len(self._batch) if self._batch is not None else 0
         return call
@@ -358,19 +365,11 @@ class GenerationEngine:
 
     def _fail(self, rows: list[_Row], exc: Exception, call: _Call, what: str) -> None:
         """Fail ``rows`` (each at most once) with the request error for ``exc``."""
-        if is_device_lost(exc):
-            raise _DeviceLost(exc, list(rows)) from exc
-        rows = [row for row in rows if not row.settled]
-        if not rows:
+        live = [row for row in rows if not row.settled]
+        if not live and not is_device_lost(exc):
             return
-        if is_out_of_memory(exc):  # expected under load: no traceback
-            logger.warning("generation %s on model %s ran out of device memory (%d requests "
-                           "fail with RESOURCE_EXHAUSTED): %s", what, self.name, len(rows), exc)
-        else:
-            logger.error("generation %s failed on model %s (%d requests fail)", what, self.name,
-                         len(rows), exc_info=exc)
-        error = request_error(exc)
-        for row in rows:
+        error = row_failure(exc, live or rows, f"generation {what} on model {self.name}")
+        for row in live:
             row.settled = True
             call.failed.append((row.outbox, error))
 
@@ -521,7 +520,8 @@ class GenerationEngine:
         self._m_batch.observe(len(items))
         self._threads.apply(len(items))
         try:
-            logits, state = self._module.step(batch.tokens, batch.state)  # (B, V), S x (L, B, H)
+            stepper = self._slots if self._slots is not None else self._module
+            logits, state = stepper.step(batch.tokens, batch.state)  # (B, V), S x (L, B, H)
             nxt = logits.argmax(dim=1)  # (B,) on the device
         except Exception as exc:  # noqa: BLE001 - the rows of this step fail
             self._batch = None
@@ -604,7 +604,7 @@ class GenerationEngine:
                                     options, seeds, draws)
         except Exception as exc:  # noqa: BLE001 - find the failing rows one at a time
             if is_device_lost(exc):
-                raise _DeviceLost(exc, list(rows)) from exc
+                raise DeviceLost(exc, list(rows)) from exc
             parts = []
             for k, (i, row) in enumerate(zip(index, rows, strict=True)):
                 try:

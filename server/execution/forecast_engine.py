@@ -12,6 +12,12 @@ independent of its batch mates, and so does the model's batch-invariant ``step``
 batch-1 kernels); ``batch_invariant=False`` uses one batched call per step instead (faster; a
 row's last bits may then depend on its batch mates).
 
+Failures stay in the rows they belong to, by the generation engine's rules
+(:mod:`rnnserve.server.execution.device`): a failed prefill fails its own job, a failed join
+the newcomers, a failed step the rows of that step; out of memory is RESOURCE_EXHAUSTED; a lost
+device fails everything, refuses new jobs (UNAVAILABLE) and calls ``on_device_lost`` (the server
+turns NOT_SERVING and exits to be replaced).
+
 All torch work runs on the device's executor thread, never on the event loop. A job is an
 immutable request; its progress is owned by the executor (``_Row``); the :class:`ForecastOutbox`
 is the only object both threads touch (the loop reads values, the executor's results are
@@ -25,12 +31,19 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution.batch import DecodeBatch
+from rnnserve.server.execution.device import (
+    DeviceLost,
+    request_error,
+    row_failure,
+)
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -111,11 +124,11 @@ class _CallResult:
     # each row that predicted something in this call, with snapshots of its new predictions and
     # of its final (state, pending) if it finished: the executor's next call may already run
     # while the loop reads these
-    rows: list[tuple[_Row, list[torch.Tensor], ForecastEnd | None]]
-    dropped: int  # cancelled, left without finishing
-    batch_size: int
-    failed: list[ForecastJob]
-    error: Exception | None
+    rows: list[tuple[_Row, list[torch.Tensor], ForecastEnd | None]] = field(default_factory=list)
+    dropped: int = 0  # cancelled, left without finishing
+    batch_size: int = 0
+    failed: list[tuple[ForecastJob, Exception]] = field(default_factory=list)  # each its error
+    device_lost: BaseException | None = None
 
 
 class ForecastEngine:
@@ -123,13 +136,17 @@ class ForecastEngine:
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
                  max_batch_size: int, max_active: int, max_steps_per_iteration: int,
-                 batch_invariant: bool = True) -> None:
+                 batch_invariant: bool = True, threads: StepThreads | None = None,
+                 on_device_lost: Callable[[BaseException], None] | None = None) -> None:
         self.model = model  # rnnserve.models LoadedModel (forecast)
         self.name = name
         self._module = model.module
-        self._step_fn = self._module.step if batch_invariant else self._module.step_batched
+        self._batch_invariant = batch_invariant
         self._device = torch.device(model.device)
         self._executor = executor
+        self._threads = threads or StepThreads()  # torch threads per step, by its size
+        self.on_device_lost = on_device_lost  # set by the registry: the server's hook
+        self._lost = False
         self._max_batch = max_batch_size
         self._max_active = max_active
         self._max_steps = max_steps_per_iteration
@@ -183,9 +200,12 @@ class ForecastEngine:
 
     # --- admission -----------------------------------------------------------------------------
     def submit(self, job: ForecastJob) -> None:
-        """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum."""
+        """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum; UNAVAILABLE
+        after the device was lost."""
         if self._loop is None or self._closed:
             raise RuntimeError("engine not started")
+        if self._lost:
+            raise RnnserveError(f"model {self.name!r}: the device failed; retry on another server")
         if self._active >= self._max_active:
             self._m_rejected.inc()
             raise ResourceExhaustedError(
@@ -221,11 +241,12 @@ class ForecastEngine:
     def _deliver(self, result: _CallResult) -> None:
         """On the loop: hand each job its values, settle counts."""
         now = time.perf_counter()
-        if result.error is not None:
-            logger.error("forecast step failed on model %s", self.name, exc_info=result.error)
-            for job in result.failed:
-                job.outbox.fail(result.error)
-            self._active -= len(result.failed)
+        for job, error in result.failed:  # one job's failure, not its batch mates'
+            if not job.outbox.done:
+                job.outbox.fail(error)
+        self._active -= len(result.failed)
+        if result.device_lost is not None and self.on_device_lost is not None:
+            self.on_device_lost(result.device_lost)
         if result.dropped:
             self._active -= result.dropped
             self._m_cancelled.inc(result.dropped)
@@ -248,74 +269,116 @@ class ForecastEngine:
 
     # --- model work (executor thread) ----------------------------------------------------------
     def _iterate(self, steps: int) -> _CallResult:
+        call = _CallResult()
         touched: dict[_Row, None] = {}
-        dropped = 0
         batch, self._batch = self._batch, None
-        admitting: list[ForecastJob] = []
-        failed: list[ForecastJob] = []
-        error: Exception | None = None
         with torch.inference_mode():
             try:
                 for _ in range(steps):
-                    batch, gone = self._boundary(batch, touched, admitting)
-                    dropped += gone
+                    batch = self._boundary(batch, touched, call)
                     if batch is None:
                         break
-                    batch = self._step(batch, touched)
-            except Exception as exc:  # noqa: BLE001 - handed to the loop, which fails the jobs
-                failed = ([row.job for row in batch.items] if batch is not None else []) \
-                    + admitting
-                batch, error = None, exc
+                    batch = self._step(batch, touched, call)
+            except DeviceLost as lost:
+                batch = None
+                self._lose_device(call, lost)
         self._batch = batch
-        rows = []
+        failed = {job for job, _ in call.failed}
         for row in touched:
             if row.job not in failed:
-                rows.append((row, row.new, row.final))
+                call.rows.append((row, row.new, row.final))
                 row.new = []
-        return _CallResult(rows, dropped, len(batch) if batch is not None else 0,
-                           failed, error)
+        call.batch_size = len(batch) if batch is not None else 0
+        return call
+
+    def _fail(self, jobs: list[ForecastJob], exc: Exception, call: _CallResult, what: str) -> None:
+        """Fail ``jobs`` with the request error for ``exc`` (a lost device: everything)."""
+        error = row_failure(exc, jobs, f"forecast {what} on model {self.name}")
+        call.failed.extend((job, error) for job in jobs)
+
+    def _lose_device(self, call: _CallResult, lost: DeviceLost) -> None:
+        """The device context is gone: fail every job this engine holds, refuse new ones."""
+        logger.critical("model %s: the device failed (%s); failing every forecast, the server "
+                        "must be replaced", self.name, lost.cause)
+        self._lost = True
+        cause = lost.cause
+        error = request_error(cause if isinstance(cause, Exception) else RuntimeError(cause))
+        jobs = list(lost.held)
+        while self._waiting:
+            jobs.append(self._waiting.popleft())
+        failed = {job for job, _ in call.failed}
+        call.failed.extend((job, error) for job in dict.fromkeys(jobs) if job not in failed)
+        call.device_lost = cause
 
     def _boundary(self, batch: DecodeBatch[_Row] | None, touched: dict[_Row, None],
-                  admitting: list[ForecastJob]) -> tuple[DecodeBatch[_Row] | None, int]:
-        """Between two steps: cancelled rows leave, queued jobs are prefilled and join."""
-        dropped = 0
+                  call: _CallResult) -> DecodeBatch[_Row] | None:
+        """Between two steps: cancelled rows leave, queued jobs are prefilled and join (a
+        newcomer that fails fails alone; the running batch goes on)."""
         if batch is not None:
             items = batch.items
             if any(row.job.outbox.cancelled for row in items):
-                dropped += sum(1 for row in items if row.job.outbox.cancelled)
-                batch = batch.filter([i for i, row in enumerate(items)
-                                      if not row.job.outbox.cancelled])
+                call.dropped += sum(1 for row in items if row.job.outbox.cancelled)
+                try:
+                    batch = batch.filter([i for i, row in enumerate(items)
+                                          if not row.job.outbox.cancelled])
+                except Exception as exc:  # noqa: BLE001 - the batch's rows fail, nothing else
+                    self._fail([r.job for r in items if not r.job.outbox.cancelled], exc, call,
+                               "filter")
+                    batch = None
         room = self._max_batch - (len(batch) if batch is not None else 0)
+        admitting: list[ForecastJob] = []
         while room > len(admitting) and self._waiting:
             job = self._waiting.popleft()
             if job.outbox.cancelled:
-                dropped += 1
+                call.dropped += 1
             else:
                 admitting.append(job)
-        if admitting:
-            joined = self._prefill(admitting, touched)
-            admitting.clear()
-            if joined is not None:
-                batch = joined if batch is None else batch.concatenate(joined)
-        return batch, dropped
+        if not admitting:
+            return batch
+        try:
+            joined = self._prefill(admitting, touched, call)
+        except DeviceLost as lost:  # the running rows are held too
+            held = [row.job for row in batch.items] if batch is not None else []
+            raise DeviceLost(lost.cause, lost.held + held) from lost.cause
+        if joined is None:
+            return batch
+        try:
+            return joined if batch is None else batch.concatenate(joined)
+        except Exception as exc:  # noqa: BLE001 - the newcomers fail, the batch goes on
+            held = [row.job for row in batch.items] if batch is not None else []
+            try:
+                self._fail([row.job for row in joined.items], exc, call, "join")
+            except DeviceLost as lost:
+                raise DeviceLost(lost.cause, lost.held + held) from lost.cause
+            return batch
 
-    def _prefill(self, jobs: list[ForecastJob], touched: dict[_Row, None]
+    def _prefill(self, jobs: list[ForecastJob], touched: dict[_Row, None], call: _CallResult
                  ) -> DecodeBatch[_Row] | None:
         """Each newcomer alone: its points from its start state; the last output is its first
-        prediction. Those with more to predict become rows of a new batch."""
+        prediction. Those with more to predict become rows of a new batch. A prefill that
+        fails fails its own job."""
         module = self._module
         rows: list[_Row] = []
         states: list[torch.Tensor] = []
         inputs: list[torch.Tensor] = []
         self._m_prefill.observe(len(jobs))
-        for job in jobs:
-            if job.state is None:
-                start = module.zero_state(1, self._device)
-            else:
-                start = tuple(s.unsqueeze(1) for s in job.state)  # S x (L, 1, H)
-            x = job.inputs.to(self._device).unsqueeze(0)  # (1, T, F)
-            y, state = module.prefill(x, start)  # (1, F), S x (L, 1, H)
-            row_state = torch.stack([s[:, 0] for s in state])  # (S, L, H)
+        self._threads.apply(1)
+        for k, job in enumerate(jobs):
+            try:
+                if job.state is None:
+                    start = module.zero_state(1, self._device)
+                else:
+                    start = tuple(s.unsqueeze(1) for s in job.state)  # S x (L, 1, H)
+                x = job.inputs.to(self._device).unsqueeze(0)  # (1, T, F)
+                y, state = module.prefill(x, start)  # (1, F), S x (L, 1, H)
+                row_state = torch.stack([s[:, 0] for s in state])  # (S, L, H)
+            except Exception as exc:  # noqa: BLE001 - this job fails alone
+                try:
+                    self._fail([job], exc, call, "prefill")
+                except DeviceLost as lost:  # every newcomer is in hand
+                    rest = [j for j in jobs[k + 1:]] + [r.job for r in rows]
+                    raise DeviceLost(lost.cause, lost.held + rest) from lost.cause
+                continue
             row = _Row(job, predicted=1, new=[y[0]], observed=row_state)
             touched[row] = None
             if job.horizon == 1:
@@ -326,14 +389,29 @@ class ForecastEngine:
             inputs.append(y[0])
         if not rows:
             return None
-        stacked = torch.stack(states, dim=2)  # (S, L, B, H)
-        return DecodeBatch(rows, tuple(stacked.unbind(0)), torch.stack(inputs))  # (B, F)
+        try:
+            stacked = torch.stack(states, dim=2)  # (S, L, B, H)
+            return DecodeBatch(rows, tuple(stacked.unbind(0)), torch.stack(inputs))  # (B, F)
+        except Exception as exc:  # noqa: BLE001 - the newcomers fail
+            for row in rows:
+                touched.pop(row, None)
+            self._fail([row.job for row in rows], exc, call, "join")
+            return None
 
-    def _step(self, batch: DecodeBatch[_Row], touched: dict[_Row, None]
+    def _step(self, batch: DecodeBatch[_Row], touched: dict[_Row, None], call: _CallResult
               ) -> DecodeBatch[_Row] | None:
-        """One step for every row: each row's last prediction in, the next prediction out."""
+        """One step for every row: each row's last prediction in, the next prediction out. A
+        failed step fails its rows."""
         self._m_batch.observe(len(batch))
-        y, batch.state = self._step_fn(batch.tokens, batch.state)  # (B, F)
+        self._threads.apply(1 if self._batch_invariant else len(batch))  # rows run alone
+        module = self._module
+        step = module.step if self._batch_invariant else module.step_batched
+        try:
+            y, new_state = step(batch.tokens, batch.state)  # (B, F)
+        except Exception as exc:  # noqa: BLE001 - the rows of this step fail
+            self._fail([row.job for row in batch.items], exc, call, "step")
+            return None
+        batch.state = new_state
         keep: list[int] = []
         for i, row in enumerate(batch.items):
             row.predicted += 1
@@ -344,4 +422,8 @@ class ForecastEngine:
             else:
                 keep.append(i)
         batch.tokens = y
-        return batch.filter(keep)
+        try:
+            return batch.filter(keep)
+        except Exception as exc:  # noqa: BLE001 - the batch's rows fail
+            self._fail([batch.items[i].job for i in keep], exc, call, "step")
+            return None

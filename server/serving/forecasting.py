@@ -25,6 +25,7 @@ import torch
 from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.server.errors import InvalidArgumentError
 from rnnserve.server.execution.forecast_engine import ForecastEngine, ForecastJob
+from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.serving.registry import ModelRegistry
 from rnnserve.server.serving.requests import ForecastChunk, ForecastParams
@@ -43,6 +44,7 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
         max_batch_size=settings.max_batch_size, max_active=settings.max_active_forecasts,
         max_steps_per_iteration=settings.max_steps_per_iteration,
         batch_invariant=settings.forecast_batch_invariant,
+        threads=StepThreads(settings.torch_threads),
     )
 
 

@@ -9,10 +9,12 @@ input.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
+import torch
 from rnnserve.models import LoadedModel, ModelKind
 from rnnserve.models.text import normalize_chars
 from rnnserve.server.errors import (
@@ -25,6 +27,7 @@ from rnnserve.server.execution.engine import (
     GenerationOutbox,
     GenerationRequest,
 )
+from rnnserve.server.execution.slots import SlotStep
 from rnnserve.server.execution.threads import StepThreads
 from rnnserve.server.identity import current_client
 from rnnserve.server.metrics import Metrics
@@ -34,6 +37,8 @@ from rnnserve.server.serving.runner import ServingKind
 from rnnserve.server.serving.store import SessionStoreBackend
 from rnnserve.server.serving.turns import abandon_turn, begin_turn, commit_turn
 from rnnserve.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 MAX_TEMPERATURE = 100.0
 
@@ -47,7 +52,22 @@ def make_engine(loaded: LoadedModel, name: str, executor: Executor, metrics: Met
         max_steps_per_iteration=settings.max_steps_per_iteration,
         threads=StepThreads(settings.torch_threads),
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        slots=graph_slots(loaded, name, settings),
     )
+
+
+def graph_slots(loaded: LoadedModel, name: str, settings: ServerSettings) -> SlotStep | None:
+    """The CUDA-graph row slots of a char LM when ``cuda_graphs`` is on (the default) and it is
+    on a GPU. Asked for explicitly on another device: a warning, and eager steps."""
+    if not settings.cuda_graphs:
+        return None
+    device = torch.device(loaded.device)
+    if device.type != "cuda":
+        if "cuda_graphs" in settings.model_fields_set:
+            logger.warning("cuda_graphs is set but model %s runs on %s: its decode steps run "
+                           "eagerly", name, device)
+        return None
+    return SlotStep(loaded.module, device, settings.max_batch_size, capture=True)
 
 
 GENERATION: ServingKind[GenerationEngine] = ServingKind(

@@ -8,8 +8,9 @@ Keys, for a session id ``ID`` (all under ``rnnserve:``):
   C order). Its key expiry is the session TTL, refreshed by every turn: Redis expires idle
   sessions by itself.
 - ``l:ID`` the lease: set-if-absent with an expiry (``SET NX PX``) by the request that runs the
-  session, renewed while it runs, and released (or written back) only by its holder — a Lua
-  script compares the holder's random token first. A second request finds the lease taken
+  session, renewed while it runs (one renewal task per process renews every lease it holds), and
+  released (or written back) only by its holder — a Lua script compares the holder's random
+  token first. A second request finds the lease taken
   (ABORTED); a holder that died stops renewing, and the lease expires after ``session_lease_s``.
 - ``k:ID`` a marker that outlives the record by a day, so that a missing record whose marker is
   still there reads "expired or evicted" rather than "unknown"; ``g:ID`` the reason of a
@@ -23,6 +24,11 @@ and ``rnnserve_session_state_bytes`` are the memory store's (0 here), and
 ``rnnserve_session_store_sessions`` is the store-wide count (the same on every worker and
 replica), refreshed at each sweep.
 
+A turn costs two round trips: the acquire script (lease + record) and the release script (state,
+TTL, lease). Each operation is bounded by ``OP_TIMEOUT_S`` (an ``asyncio.timeout`` around the
+whole call rather than redis-py's ``socket_timeout``, which on Python 3.11 wraps every socket
+write in a task of its own); redis-py cancels a timed-out command by dropping its connection.
+
 Redis unreachable: every operation raises ``SessionStoreUnavailableError`` (UNAVAILABLE),
 counts ``rnnserve_session_store_errors_total{kind}`` and sets ``rnnserve_session_store_up`` to 0
 until an operation or the periodic check succeeds again.
@@ -32,20 +38,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import redis.asyncio as aioredis
 import torch
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rnnserve.server.errors import (
     SessionBusyError,
@@ -63,6 +72,7 @@ T = TypeVar("T")
 PREFIX = "rnnserve:"
 INDEX = PREFIX + "index"  # sorted set: session id -> last use (epoch s), for the store-wide count
 TOMBSTONE_MS = 24 * 3600 * 1000
+OP_TIMEOUT_S = 2.0  # one operation (all its retries): past it, the store reads as unreachable
 
 # KEYS: record, lease, marker, gone   ARGV: token, lease_ms, check owner ('1'/'0'), owner
 # -> {status, fields...}: status 1 = held (fields = the record), 0 = busy, -1 = gone (reason);
@@ -83,11 +93,12 @@ return {1, redis.call('HGETALL', KEYS[1])}
 """
 
 # KEYS: record, lease, marker, index   ARGV: token, ttl_ms, marker_ms, now, id, field/value...
-# -> 1 written and released, 0 the lease was no longer ours (nothing written)
+# -> 1 written (``used`` = now, and the fields given) and released, 0 the lease was no longer
+# ours (nothing written)
 RELEASE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+  redis.call('HSET', KEYS[1], 'used', ARGV[4], unpack(ARGV, 6))
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
@@ -128,23 +139,50 @@ def redacted(url: str) -> str:
 
 
 def encode_state(state: torch.Tensor) -> dict[str, Any]:
-    """A state tensor as record fields: dtype name, shape (JSON), raw CPU bytes."""
-    cpu = state.detach().to("cpu").contiguous()
-    raw = cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b""
-    return {"dtype": str(cpu.dtype).removeprefix("torch."), "shape": json.dumps(list(cpu.shape)),
-            "state": raw}
+    """A state tensor as record fields: dtype name, shape (JSON), raw CPU bytes (C order)."""
+    cpu = on_cpu(state)
+    return {**state_layout(cpu), "state": state_bytes(cpu)}
+
+
+def state_layout(tensor: torch.Tensor) -> dict[str, str]:
+    """The fields that say how to read a tensor's bytes: dtype name, shape (JSON list)."""
+    return {"dtype": str(tensor.dtype)[len("torch."):], "shape": json.dumps(list(tensor.shape))}
+
+
+# The codec runs on the event loop, between a turn's two round trips: few torch calls, through
+# numpy where numpy has the dtype (bfloat16 goes through a uint8 view), and a record's dtype and
+# shape parsed once per layout, not once per turn.
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
+
+
+def on_cpu(state: torch.Tensor) -> torch.Tensor:
+    """The tensor as a contiguous CPU tensor without autograd (itself when it already is one)."""
+    if state.device.type == "cpu" and not state.requires_grad and state.is_contiguous():
+        return state
+    return state.detach().cpu().contiguous()
+
+
+def state_bytes(cpu: torch.Tensor) -> bytes:
+    """The raw bytes (C order) of a tensor that :func:`on_cpu` returned."""
+    if cpu.dtype in _NUMPY_DTYPES:
+        return cpu.numpy().tobytes()
+    return cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b""
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(dtype: bytes, shape: bytes) -> tuple[torch.dtype, tuple[int, ...]]:
+    return getattr(torch, dtype.decode()), tuple(json.loads(shape))
 
 
 def decode_state(fields: dict[bytes, bytes]) -> torch.Tensor | None:
     """The state tensor of a record (on the CPU), or None when no turn has finished yet."""
     if b"state" not in fields:
         return None
-    dtype = getattr(torch, fields[b"dtype"].decode())
-    shape = json.loads(fields[b"shape"])
-    raw = bytearray(fields[b"state"])
+    dtype, shape = _layout(fields[b"dtype"], fields[b"shape"])
+    raw = fields[b"state"]
     if not raw:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+    return torch.frombuffer(bytearray(raw), dtype=dtype).view(shape)  # a writable copy
 
 
 def encode_pending(pending: int | float | torch.Tensor) -> dict[str, Any]:
@@ -186,18 +224,23 @@ class RedisSessionStore:
         # renew well inside both the lease and the TTL, so neither lapses while a turn runs
         self._renew_every = min(settings.session_lease_s, settings.session_ttl_s) / 3
         self._client: aioredis.Redis | None = None
-        self._held: dict[str, tuple[str, asyncio.Task[None]]] = {}  # id -> (token, renewer)
+        self._held: dict[str, str] = {}  # session id -> this process's lease token
+        self._lost: set[str] = set()  # held ids whose lease ran out (not renewed any more)
+        self._renewer: asyncio.Task[None] | None = None
         self._up = True
         self._scripts: dict[str, Any] = {}
+        self._durations: dict[str, Any] = {}  # op -> its labelled histogram child
+        self._idle: list[AbstractConnection] = []  # redis-py connections free for _eval
 
     def __len__(self) -> int:
         return int(self._metrics.session_store_sessions._value.get())  # noqa: SLF001
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        # no socket_timeout: _call bounds each operation with OP_TIMEOUT_S instead
         self._client = aioredis.Redis.from_url(
             self._url, password=_password(self._settings), socket_connect_timeout=1.0,
-            socket_timeout=2.0, retry=Retry(NoBackoff(), 1),
+            socket_timeout=None, retry=Retry(NoBackoff(), 1),
         )
         for name, body in (("acquire", ACQUIRE), ("release", RELEASE), ("remove", REMOVE),
                            ("renew", RENEW)):
@@ -208,11 +251,17 @@ class RedisSessionStore:
         except SessionStoreUnavailableError:
             logger.warning("session store: redis at %s does not answer yet; session requests "
                            "are UNAVAILABLE until it does", self._where)
+        self._renewer = asyncio.get_running_loop().create_task(self._renew_held())
 
     async def stop(self) -> None:
-        for _, task in self._held.values():
-            task.cancel()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         self._held.clear()
+        self._lost.clear()
+        await self._drop_idle()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -244,8 +293,8 @@ class RedisSessionStore:
     async def acquire(self, session_id: str, owner: str | None = None) -> Session:
         token = secrets.token_hex(16)
         check = ["1", owner] if owner is not None else ["0", ""]
-        reply = await self._call("acquire", self._scripts["acquire"](
-            keys=list(_keys(session_id)), args=[token, self._lease_ms, *check]))
+        reply = await self._call("acquire", self._eval(
+            "acquire", _keys(session_id), (token, self._lease_ms, *check)))
         status = int(reply[0])
         if status < 0:
             raise SessionNotFoundError(session_id, SessionGoneReason(reply[1].decode()))
@@ -268,17 +317,19 @@ class RedisSessionStore:
         if token is None:
             return
         now = time.time()
-        fields: dict[str, Any] = {"used": now}
-        if state is not None and pending is not None:
-            fields.update(encode_state(state))
-            fields.update(encode_pending(pending))
-            fields["tokens"] = session.total_tokens + added_tokens
         args: list[Any] = [token, self._ttl_ms, self._marker_ms, now, session.id]
-        for key, value in fields.items():
-            args += [key, value]
+        if state is not None and pending is not None:
+            cpu = on_cpu(state)
+            old = session.state
+            if old is None or old.dtype != cpu.dtype or old.shape != cpu.shape:
+                for key, value in state_layout(cpu).items():  # the record keeps them otherwise
+                    args += [key, value]
+            args += ["state", state_bytes(cpu), "tokens", session.total_tokens + added_tokens]
+            for key, value in encode_pending(pending).items():
+                args += [key, value]
         record, lease, marker, _ = _keys(session.id)
-        written = await self._call("release", self._scripts["release"](
-            keys=[record, lease, marker, INDEX], args=args))
+        written = await self._call("release", self._eval(
+            "release", (record, lease, marker, INDEX), args))
         if not written:
             logger.warning("session %s: the lease ran out before the turn was written back; "
                            "the session keeps its previous state", session.id)
@@ -319,9 +370,11 @@ class RedisSessionStore:
         """One round trip, timed and counted; Redis errors become UNAVAILABLE."""
         started = time.perf_counter()
         try:
-            result = await pending
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                result = await pending
         except (RedisConnectionError, RedisTimeoutError, RedisError, OSError) as err:
-            kind = ("timeout" if isinstance(err, RedisTimeoutError) else
+            # TimeoutError (OP_TIMEOUT_S) is an OSError: tell it apart first
+            kind = ("timeout" if isinstance(err, RedisTimeoutError | TimeoutError) else
                     "connection" if isinstance(err, RedisConnectionError | OSError)
                     else "response")
             self._metrics.session_store_errors.labels(kind).inc()
@@ -331,45 +384,92 @@ class RedisSessionStore:
             self._set_up(False)
             raise SessionStoreUnavailableError(
                 f"redis at {self._where} is unreachable: {kind}") from None
-        self._metrics.session_store_duration.labels(op).observe(time.perf_counter() - started)
+        duration = self._durations.get(op)
+        if duration is None:
+            duration = self._durations[op] = self._metrics.session_store_duration.labels(op)
+        duration.observe(time.perf_counter() - started)
         if not self._up:
             logger.info("session store: redis at %s answers again", self._where)
         self._set_up(True)
         return result
+
+    async def _eval(self, name: str, keys: tuple[str, ...], args: Sequence[Any]) -> Any:
+        """Run one of the Lua scripts (EVALSHA) on an idle connection of this store's own list.
+
+        The connections are redis-py's, made by the client's pool (URL, password, TLS, connect
+        timeout as configured), and redis-py connects them, packs the command and parses the
+        reply; but a turn's two scripts skip the client's and the pool's per-command layers (retry
+        wrapper, pool lock, observability hooks, event dispatch, response callbacks), which
+        measured more CPU time than the rest of the store's work in a turn (docs/deploy.md). One
+        event loop uses the list, so it needs no lock. redis-py drops a connection that failed or
+        was cancelled mid-command (it reconnects when next used), so every connection goes back
+        to the list. A dropped connection means Redis went away: every idle connection is dropped
+        too, and the call is retried once. NOSCRIPT (a restarted Redis has lost its scripts) loads
+        the script and runs it again. Errors: redis-py's ConnectionError and ResponseError.
+        """
+        script = self._scripts[name]
+        for last in (False, True):
+            conn = self._idle.pop() if self._idle else self._need().connection_pool.make_connection()
+            try:
+                try:
+                    await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return await conn.read_response()
+                except NoScriptError:
+                    await conn.send_command("SCRIPT", "LOAD", script.script)
+                    await conn.read_response()
+                    await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return await conn.read_response()
+            except RedisConnectionError:
+                await self._drop_idle()
+                if last:
+                    raise
+            finally:
+                self._idle.append(conn)
+        raise AssertionError("unreachable")
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
 
     def _set_up(self, up: bool) -> None:
         self._up = up
         self._metrics.session_store_up.set(1 if up else 0)
 
     def _hold(self, session_id: str, token: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._renew(session_id, token))
-        self._held[session_id] = (token, task)
+        self._held[session_id] = token
 
     def _let_go(self, session_id: str) -> str | None:
-        held = self._held.pop(session_id, None)
-        if held is None:
-            return None
-        held[1].cancel()
-        return held[0]
+        self._lost.discard(session_id)
+        return self._held.pop(session_id, None)
 
-    async def _renew(self, session_id: str, token: str) -> None:
-        record, lease, _, _ = _keys(session_id)
+    async def _renew_held(self) -> None:
+        """Every ``_renew_every`` seconds, renew the lease (and the record's TTL) of every session
+        this process holds: a lease is renewed at most ``_renew_every`` after it was taken or last
+        renewed, well inside ``session_lease_s``, with no task per turn."""
+        record_ms = self._ttl_ms
         while True:
             await asyncio.sleep(self._renew_every)
-            with contextlib.suppress(SessionStoreUnavailableError):
-                kept = await self._call("renew", self._scripts["renew"](
-                    keys=[record, lease], args=[token, self._lease_ms, self._ttl_ms]))
-                if not kept:
+            for session_id, token in list(self._held.items()):
+                if session_id in self._lost:
+                    continue
+                record, lease, _, _ = _keys(session_id)
+                try:
+                    kept = await self._call("renew", self._eval(
+                        "renew", (record, lease), (token, self._lease_ms, record_ms)))
+                except SessionStoreUnavailableError:
+                    break  # Redis is not answering: the next round tries them all again
+                if not kept and self._held.get(session_id) == token:  # still that hold
+                    self._lost.add(session_id)
                     logger.warning("session %s: lease lost while running", session_id)
-                    return
 
     async def _remove(self, session_id: str, reason: str) -> bool:
         token = self._let_go(session_id)
         if token is None:
             return False
         record, lease, marker, gone = _keys(session_id)
-        return bool(await self._call("remove", self._scripts["remove"](
-            keys=[record, lease, marker, gone, INDEX], args=[token, reason, session_id])))
+        return bool(await self._call("remove", self._eval(
+            "remove", (record, lease, marker, gone, INDEX), (token, reason, session_id))))
 
     def _removed(self, session: Session, reason: SessionGoneReason) -> None:
         m = self._metrics

@@ -212,6 +212,13 @@ def test_cached_kernels_follow_new_weights():
     assert torch.equal(after, net.step(torch.tensor([3]), net.zero_state(1))[0])
 
 
+def test_a_module_built_under_inference_mode_steps():
+    with torch.inference_mode():  # its parameters are inference tensors (no version counter)
+        net = chaotic_lm("lstm", 2)
+        logits, _ = net.step(torch.tensor([3, 4]), net.zero_state(2))
+    assert logits.shape == (2, VOCAB)
+
+
 # ------------------------------------------------------------------ classifier
 def chaotic_classifier() -> SentimentRNN:
     torch.manual_seed(5)

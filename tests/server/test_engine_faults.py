@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -204,17 +205,43 @@ class _LostDevice:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_exit(make_server):
+class _LostDeviceAnyKind(_LostDevice):
+    """Every model call of any kind (prefill, step, score) hits a poisoned CUDA context."""
+
+    def prefill(self, *args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def score(self, *args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.mark.parametrize("kind", ["generation", "classification", "forecast"])
+async def test_a_lost_device_in_every_model_kind_turns_health_not_serving(make_server, kind):
+    """The server's part: health NOT_SERVING, the kind refuses new work, and
+    ``server.device_lost`` asks the entry point to exit (code 3, tested below)."""
     from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server.serving.classification import CLASSIFICATION
+    from rnnserve.server.serving.forecasting import FORECASTING
     from rnnserve.server.serving.generation import GENERATION
 
     server = await make_server()
-    engine = server.registry.ready("", GENERATION).runner
-    engine._module = _LostDevice(engine._module)
+    serving_kind = {"generation": GENERATION, "classification": CLASSIFICATION,
+                    "forecast": FORECASTING}[kind]
+    runner = server.registry.ready("", serving_kind).runner
+    runner._module = _LostDeviceAnyKind(runner._module)
+    runner._slots = None  # on a GPU: a captured CUDA graph would not call the injected step
     async with AsyncClient(server.target, timeout=10, retries=0) as client:
         assert await client.health() == "SERVING"
+
+        async def call() -> object:
+            if kind == "generation":
+                return await client.generate("the time", max_tokens=5)
+            if kind == "classification":
+                return await client.classify("a fine film")
+            return await client.forecast([0.1, 0.2, 0.3], 5)
+
         with pytest.raises(UnavailableError) as info:
-            await client.generate("the time", max_tokens=5)
+            await call()
         assert "device failed" in str(info.value) and "Traceback" not in str(info.value)
         await asyncio.wait_for(server.device_lost.wait(), 10)
         for _ in range(100):
@@ -223,3 +250,118 @@ async def test_a_lost_device_turns_health_not_serving_and_asks_the_process_to_ex
             await asyncio.sleep(0.02)
         assert await client.health() == "NOT_SERVING"
         assert await client.health("rnnserve.v1.GenerationService") == "NOT_SERVING"
+        with pytest.raises(UnavailableError, match="device failed"):  # refused from now on
+            await call()
+
+
+# --- the forecast engine: the same rules ------------------------------------------------------
+class _FaultyForecaster:
+    """The shipped sine forecaster; ``prefill`` of a series of ``bad_length`` points runs out
+    of memory, and ``step`` raises ``step_error`` while it is set."""
+
+    def __init__(self, module: object, bad_length: int) -> None:
+        self._module = module
+        self.bad_length = bad_length
+        self.step_error: Exception | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
+
+    def prefill(self, series, state):
+        if series.shape[1] == self.bad_length:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self._module.prefill(series, state)
+
+    def step(self, x, state):
+        if self.step_error is not None:
+            raise self.step_error
+        return self._module.step(x, state)
+
+
+async def _forecast_values(job) -> list[float]:
+    values: list[float] = []
+    while True:
+        got, _ = await job.outbox.take()
+        values += got
+        if job.outbox.done and job.outbox.error is None:
+            return values
+
+
+async def test_a_forecast_newcomer_out_of_memory_fails_alone_and_a_failed_step_fails_its_rows():
+    from conftest import MODEL_REPOSITORY
+    from rnnserve.models.checkpoint import load_model
+    from rnnserve.server.execution.forecast_engine import ForecastEngine, ForecastJob
+
+    clean = load_model(MODEL_REPOSITORY / "sine" / "1").module
+    faulty = _FaultyForecaster(clean, bad_length=7)
+    loaded = SimpleNamespace(module=faulty, device="cpu")
+    executor = ThreadPoolExecutor(1)
+    lost: list[BaseException] = []
+    engine = ForecastEngine(loaded, "sine", executor, Metrics(), max_batch_size=64,
+                            max_active=64, max_steps_per_iteration=4, on_device_lost=lost.append)
+    await engine.start()
+    try:
+        series = torch.sin(torch.linspace(0, 3, 20)).unsqueeze(1)  # (T, F)
+        ref = ForecastJob(series, None, 300)
+        engine.submit(ref)
+        want = await _forecast_values(ref)  # alone, no fault: the reference values
+
+        running = ForecastJob(series, None, 300)
+        engine.submit(running)
+        await asyncio.sleep(0.01)
+        newcomers = [ForecastJob(series[:7], None, 5) for _ in range(3)]
+        fine = ForecastJob(series[:9], None, 5)
+        for job in [*newcomers, fine]:
+            engine.submit(job)
+        assert await _forecast_values(running) == want  # the running forecast went on, exact
+        assert len(await _forecast_values(fine)) == 5
+        for job in newcomers:
+            with pytest.raises(ResourceExhaustedError, match="device memory exhausted"):
+                await _forecast_values(job)
+        assert engine.pending == 0
+
+        faulty.step_error = Boom("injected step")
+        rows = [ForecastJob(series, None, 50) for _ in range(4)]
+        for job in rows:
+            engine.submit(job)
+        for job in rows:
+            with pytest.raises(Boom):
+                await _forecast_values(job)
+        faulty.step_error = None
+        again = ForecastJob(series, None, 300)
+        engine.submit(again)
+        assert await _forecast_values(again) == want  # the engine goes on
+        assert engine.pending == 0 and not lost
+    finally:
+        await engine.stop()
+        executor.shutdown()
+
+
+async def test_rnnserve_serve_returns_exit_code_3_when_the_device_is_lost(monkeypatch):
+    """The entry point's part: after a lost device, ``serve`` stops and returns 3 (the code
+    ``rnnserve serve`` exits with, for its supervisor to start a new process)."""
+    from conftest import test_settings
+    from rnnserve.client import AsyncClient, UnavailableError
+    from rnnserve.server import main as entry
+    from rnnserve.server.serving.generation import GENERATION
+
+    made = []
+    real_build = entry.build_server
+    monkeypatch.setattr(entry, "build_server", lambda s: made.append(real_build(s)) or made[-1])
+    serving = asyncio.create_task(entry.serve(test_settings(metrics_port=-1)))
+    for _ in range(500):  # bounded: the shipped models load in about a second
+        if made and made[0].port and made[0].target and not serving.done():
+            try:
+                engine = made[0].registry.ready("", GENERATION).runner
+                break
+            except Exception:  # noqa: BLE001 - not loaded yet
+                pass
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the server did not start")
+    engine._module = _LostDevice(engine._module)
+    engine._slots = None
+    async with AsyncClient(made[0].target, timeout=10, retries=0) as client:
+        with pytest.raises(UnavailableError):
+            await client.generate("the time", max_tokens=5)
+    assert await asyncio.wait_for(serving, 20) == entry.DEVICE_LOST_EXIT == 3

@@ -18,9 +18,10 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import MODEL_REPOSITORY
+from conftest import MODEL_REPOSITORY, TEST_DEVICE
 from rnnserve.client import AsyncClient, InvalidArgumentError, NotFoundError
-from seed_oracles import Net, seed_forecast
+from seed_oracles import Net
+from seed_oracles import seed_forecast as seed_loop
 
 SINE = MODEL_REPOSITORY / "sine" / "1" / "model.pt"
 SERIES = [float(v) for v in np.sin(np.linspace(0.7, 10.7, 50))[:30]]
@@ -30,7 +31,12 @@ SERIES = [float(v) for v in np.sin(np.linspace(0.7, 10.7, 50))[:30]]
 def seed_net() -> Net:
     net = Net()
     net.load_state_dict(torch.load(SINE, weights_only=True), strict=True)
-    return net.eval()
+    return net.to(TEST_DEVICE).eval()
+
+
+def seed_forecast(net: Net, series: list[float], horizon: int) -> list[float]:
+    """Seed 002's loop on the test servers' device (the seed's numbers on that device)."""
+    return seed_loop(net, series, horizon, TEST_DEVICE)
 
 
 async def grpcurl(target: str, method: str, data: dict) -> tuple[int, str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from conftest import TEST_DEVICE
 from rnnserve.client import InvalidArgumentError, NotFoundError
 
 MODEL = "timemachine"
@@ -63,7 +64,7 @@ async def test_metrics_count_the_traffic(server, aclient, metrics_of, timemachin
     assert view.value("rnnserve_session_lifetime_seconds_count", reason="ended") == 1
 
     info = view.matching("rnnserve_model_info", model=MODEL)
-    assert info == [({"model": MODEL, "version": "1", "kind": "charlm", "device": "cpu",
+    assert info == [({"model": MODEL, "version": "1", "kind": "charlm", "device": TEST_DEVICE,
                       "architecture": f"lstm {arch['num_layers']}x{arch['num_hiddens']}"}, 1.0)]
     assert view.value("rnnserve_model_ready", model=MODEL) == 1
 
