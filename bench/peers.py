@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from bench import machine, report
 from bench.report import _f
 from bench.run import BENCH_CHANGES, review_texts
-from bench.server_proc import ROOT, ServerProcess, base_settings
+from bench.server_proc import ROOT, ServerProcess, base_settings, free_port
 
 VENV = ROOT / ".venv" / "peers"  # inside .venv: what skips .venv (scans, builds) skips it
 REPO = ROOT / "model_repository"
@@ -46,12 +45,6 @@ MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.005}  # seconds
 
 def _log(msg: str) -> None:
     print(f"[bench-peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _uptime() -> str:
@@ -71,7 +64,7 @@ class MLServerProcess:
 
     def __enter__(self) -> MLServerProcess:
         self._tmp = tempfile.mkdtemp(prefix="bench-peers-")
-        grpc_port, http_port, metrics_port = _free_port(), _free_port(), _free_port()
+        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         folder = Path(self._tmp)
         (folder / "settings.json").write_text(json.dumps({
             "host": "127.0.0.1", "grpc_port": grpc_port, "http_port": http_port,

@@ -20,11 +20,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,30 +28,10 @@ import grpc
 from rnnserve.v1 import generation_pb2, generation_pb2_grpc
 
 from bench import load, machine
-from bench.server_proc import ROOT, ServerProcess, base_settings
+from bench.server_proc import ROOT, ServeCommand, ServerProcess, base_settings, start_redis
 
 CONNECTIONS = 8
 CONCURRENCY = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -95,48 +71,6 @@ def session_latency(repo: Path, redis_url: str, turns: int, threads: int) -> dic
     return out
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (the supervisor and its workers)."""
-    total = machine.cpu_seconds(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return total
-    return total + sum(_tree_cpu(int(c)) for c in children)
-
-
-class Serve:
-    """``rnnserve serve --workers N`` as a subprocess, ready when its log says so."""
-
-    def __init__(self, repo: Path, workers: int, redis_url: str, threads: int) -> None:
-        self.port = _free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rnnserve.server.main", "--port", str(self.port),
-             "--metrics-port", "-1", "--device", "cpu", "--model-repository", str(repo),
-             "--workers", str(workers), "--session-store", redis_url,
-             "--torch-threads", str(threads), "--log-level", "INFO"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-
-    def wait(self) -> str:
-        for _ in range(1200):
-            if "rnnserve ready" in Path(self.log.name).read_text(errors="replace"):
-                return f"127.0.0.1:{self.port}"
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(Path(self.log.name).read_text(errors="replace")[-2000:])
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
 async def _spread(cell, target: str, *args) -> list[dict]:
     each = CONCURRENCY // CONNECTIONS
     return list(await asyncio.gather(*(cell(target, each, *args) for _ in range(CONNECTIONS))))
@@ -146,7 +80,7 @@ async def worker_cells(target: str, pid: int, a: argparse.Namespace) -> dict:
     from bench.run import prefixes, review_texts
 
     def probe() -> float:
-        return _tree_cpu(pid)
+        return machine.tree_cpu_seconds(pid)
     classify = await _spread(load.classify, target, a.duration, a.warmup, review_texts(), probe)
     streams = await _spread(load.streams, target, a.duration, a.warmup, prefixes(), 100, probe)
     return {
@@ -170,13 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     # one TCP connection per channel, so that the kernel can hand them to different workers
     load.CHANNEL_OPTIONS = [*load.CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
     repo = a.model_repository.resolve()
-    redis, url = _redis()
+    redis, url = start_redis()
     out: dict = {"cpus": os.cpu_count(), "concurrency": CONCURRENCY, "connections": CONNECTIONS}
     try:
         out["session_turn"] = session_latency(repo, url, a.turns, a.torch_threads)
         out["workers"] = {}
         for workers in (1, 2):
-            serve = Serve(repo, workers, url, a.torch_threads)
+            serve = ServeCommand(repo, [
+                "--device", "cpu", "--workers", str(workers), "--session-store", url,
+                "--torch-threads", str(a.torch_threads), "--log-level", "INFO"])
             try:
                 target = serve.wait()
                 out["workers"][str(workers)] = asyncio.run(worker_cells(target, serve.proc.pid, a))

@@ -30,8 +30,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,65 +37,14 @@ import time
 from pathlib import Path
 
 from bench import machine
-from bench.server_proc import ROOT
+from bench.closed_loop import percentile
+from bench.server_proc import ROOT, ServeCommand, start_redis
 
 PROBE_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one new connection per channel
 
 
 def _log(msg: str) -> None:
     print(f"[workers-capacity {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server (free port, no persistence) and its URL."""
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--loglevel", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"redis://127.0.0.1:{port}/0"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"{binary} did not start")
-
-
-class Server:
-    """``rnnserve serve --workers N`` (defaults otherwise) as a subprocess."""
-
-    def __init__(self, repo: Path, workers: int, store: str | None, extra: list[str]) -> None:
-        self.port = _free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-capacity-", suffix=".log",
-                                               delete=False)
-        argv = [sys.executable, "-m", "rnnserve.server.main", "--host", "127.0.0.1",
-                "--port", str(self.port), "--metrics-port", "-1", "--model-repository",
-                str(repo), "--workers", str(workers), "--log-level", "WARNING", *extra]
-        if store:
-            argv += ["--session-store", store]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        Path(self.log.name).unlink(missing_ok=True)
-
-    def tail(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-2000:]
 
 
 async def _probe_round(target: str, connections: int) -> bool:
@@ -116,7 +63,7 @@ async def _probe_round(target: str, connections: int) -> bool:
         await asyncio.gather(*(c.close() for c in channels))
 
 
-def wait_ready(server: Server, connections: int, rounds: int, timeout: float = 180.0) -> float:
+def wait_ready(server: ServeCommand, connections: int, rounds: int, timeout: float = 180.0) -> float:
     """Seconds until ``rounds`` rounds in a row of ``connections`` fresh connections all got a
     Classify answer: with SO_REUSEPORT every worker then (almost surely) serves."""
     started = time.monotonic()
@@ -174,14 +121,7 @@ async def _client(target: str, channels: int, callers: int, start_at: float, dur
             "client_cpu_s": cpu_used}
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def run_cell(server: Server, a: argparse.Namespace, workers: int, texts_file: Path) -> dict:
+def run_cell(server: ServeCommand, a: argparse.Namespace, workers: int, texts_file: Path) -> dict:
     connections = a.connections_per_worker * workers
     procs = max(1, min(a.client_procs, connections))
     per_proc = [connections // procs + (1 if i < connections % procs else 0)
@@ -213,8 +153,8 @@ def run_cell(server: Server, a: argparse.Namespace, workers: int, texts_file: Pa
         "workers": workers, "connections": connections, "client_procs": procs,
         "callers": connections * a.callers_per_connection,
         "requests_per_s": requests / a.duration,
-        "latency_p50_ms": (_pct(latencies, 50) or 0) * 1000,
-        "latency_p99_ms": (_pct(latencies, 99) or 0) * 1000,
+        "latency_p50_ms": (percentile(latencies, 50) or 0) * 1000,
+        "latency_p99_ms": (percentile(latencies, 99) or 0) * 1000,
         "statuses": statuses, "errors": sum(statuses.values()),
         "server_cpu_cores": server_cpu / a.duration,
         "server_cpu_ms_per_request": server_cpu * 1000 / requests if requests else None,
@@ -310,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             if redis_ok:
                 redis, url = start_redis(a.redis_server)
             for n in counts:
-                server = Server(a.model_repository.resolve(), n, url, a.serve_arg)
+                server = ServeCommand(a.model_repository.resolve(), [
+                    "--workers", str(n), "--log-level", "WARNING",
+                    *(["--session-store", url] if url else []), *a.serve_arg])
                 try:
                     ready_s = wait_ready(server, 4 * n, a.probe_rounds)
                     cell = run_cell(server, a, n, texts_file)

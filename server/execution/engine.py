@@ -45,9 +45,7 @@ restores one-at-a-time execution (what batching buys is measured with it).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,9 +54,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
-from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution import decoding
 from rnnserve.server.execution.batch import DecodeBatch
+from rnnserve.server.execution.chain import ExecutorChain
 from rnnserve.server.execution.decoding import DecodingOptions
 from rnnserve.server.execution.device import (
     DeviceLost,
@@ -148,7 +146,7 @@ class _Call:
     device_lost: BaseException | None = None
 
 
-class GenerationEngine:
+class GenerationEngine(ExecutorChain[_Row]):
     """Owns all execution of one char language model."""
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
@@ -156,34 +154,25 @@ class GenerationEngine:
                  prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
                  on_device_lost: Callable[[BaseException], None] | None = None,
                  threads: StepThreads | None = None, slots: SlotStep | None = None) -> None:
+        m = metrics
+        super().__init__(name, executor, max_active, "generations",
+                         m.rejected.labels(name, "generations"),
+                         m.queue_depth.labels(name, "generation"))
         self.model = model  # rnnserve.models LoadedModel (charlm)
-        self.name = name
         self._module = model.module
         self._device = torch.device(model.device)
         self._itos: list[str] = model.vocab.idx_to_token
-        self._executor = executor
         self._threads = threads or StepThreads()  # torch threads per step, by its size
         # decode steps on fixed row slots (CUDA graphs); None: the module's step, eagerly
         self._slots = slots
         self._max_batch = max_batch_size
-        self._max_active = max_active
         self._max_steps = max_steps_per_iteration
         self._chunk = prefill_chunk_tokens
         self.on_device_lost = on_device_lost  # set by the registry: the server's hook
-        self._waiting: deque[_Row] = deque()  # appended on the loop, taken on the executor
-        self._active = 0  # outboxes handed out and not yet ended (loop only)
         # --- executor thread only ---
         self._batch: DecodeBatch[_Row] | None = None
         self._prefilling: deque[_Row] = deque()  # rows whose prefix is prefilled in chunks
         self._records: list[tuple[list[_Row], list[int], torch.Tensor]] = []  # ids on device
-        # ---
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()  # guards _scheduled/_closed between loop and executor
-        self._scheduled = False  # a _drive call is queued or running on the executor
-        self._closed = False
-        self._lost = False
-        m = metrics
-        self._m_queue = m.queue_depth.labels(name, "generation")
         self._m_active = m.active_generations.labels(name)
         self._m_batch = m.batch_size.labels(name, "decode")
         self._m_prefill_batch = m.batch_size.labels(name, "prefill")
@@ -191,28 +180,10 @@ class GenerationEngine:
         self._m_itl = m.inter_token_latency.labels(name)
         self._m_tokens = m.generated_tokens.labels(name)
         self._m_cancelled = m.cancelled_generations.labels(name)
-        self._m_rejected = m.rejected.labels(name, "generations")
 
-    # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._closed = False
-
-    async def stop(self) -> None:
-        """Refuse new work and fail what is left (queued, prefilling or in the batch)."""
-        with self._lock:
-            self._closed = True  # a running _drive finishes its call and does not come back
-        error = RnnserveError("the server is shutting down")
-        left: list[_Row] = []
-        try:  # behind any running call on the device thread, then the rows are ours
-            left = await asyncio.get_running_loop().run_in_executor(self._executor, self._abandon)
-        except RuntimeError:  # the executor is already shut down
-            pass
-        while self._waiting:
-            left.append(self._waiting.popleft())
-        for row in left:
-            row.outbox.fail(error)
-        self._active = 0
+    # --- lifecycle (ExecutorChain: start, stop) ------------------------------------------------
+    def _fail_left(self, row: _Row, error: Exception) -> None:
+        row.outbox.fail(error)
 
     def _abandon(self) -> list[_Row]:
         batch, self._batch = self._batch, None
@@ -227,62 +198,23 @@ class GenerationEngine:
         """Generations submitted and not yet ended (the admission count)."""
         return self._active
 
-    @property
-    def pending(self) -> int:
-        """Generations not finished yet (the Runner protocol's drain count)."""
-        return self._active
-
     # --- admission (event loop) ----------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationOutbox:
         """Queue a generation; returns its outbox. RESOURCE_EXHAUSTED when the model already
         runs its maximum; UNAVAILABLE after the device was lost."""
-        if self._loop is None or self._closed:
-            raise RuntimeError("engine not started")
-        if self._lost:
-            raise RnnserveError(f"model {self.name!r}: the device failed; retry on another server")
-        if self._active >= self._max_active:
-            self._m_rejected.inc()
-            raise ResourceExhaustedError(
-                f"model {self.name!r} is running its maximum of {self._max_active} generations; "
-                "retry later"
-            )
         outbox: GenerationOutbox = Outbox()
-        self._active += 1
-        self._waiting.append(_Row(request, outbox))
-        self._m_queue.set(len(self._waiting))
-        with self._lock:
-            if self._scheduled:
-                return outbox  # the running chain admits it at its next step boundary
-            self._scheduled = True
-        self._executor.submit(self._drive)
+        self._enqueue(_Row(request, outbox))
         return outbox
 
     # --- the chain of executor calls -----------------------------------------------------------
-    def _drive(self) -> None:
-        """One executor call: up to ``max_steps`` steps, then hand the tokens to the loop and,
-        while there is work, queue the next call behind whatever else waits for the device (the
-        classifier's batches), so the device thread never waits on the event loop."""
+    def _run_call(self) -> None:
+        """One executor call: up to ``max_steps`` steps, then hand the tokens to the loop."""
         started = time.perf_counter()
         call = self._iterate(self._max_steps)
-        self._post(call, (time.perf_counter() - started) / max(call.steps, 1))
-        with self._lock:
-            if self._closed or (self._batch is None and not self._prefilling
-                                and not self._waiting):
-                self._scheduled = False
-                return
-        try:
-            self._executor.submit(self._drive)
-        except RuntimeError:  # the executor was shut down
-            with self._lock:
-                self._scheduled = False
+        self._post(self._deliver, call, (time.perf_counter() - started) / max(call.steps, 1))
 
-    def _post(self, call: _Call, step_seconds: float | None) -> None:
-        """From the executor: have the loop deliver ``call``."""
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, call,  # type: ignore[union-attr]
-                                            step_seconds)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            self._closed = True
+    def _has_work(self) -> bool:
+        return self._batch is not None or bool(self._prefilling) or bool(self._waiting)
 
     def _deliver(self, call: _Call, step_seconds: float | None) -> None:
         """On the loop: hand each outbox its tokens (one piece per call), end what ended, and
@@ -339,7 +271,7 @@ class GenerationEngine:
                     if firsts:
                         early = _Call()
                         self._take(firsts, touched, early)
-                        self._post(early, None)
+                        self._post(self._deliver, early, None)
                 self._flush()
         except DeviceLost as lost:
             self._lose_device(call, lost.cause, lost.held)

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
-from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution.batch import DecodeBatch
+from rnnserve.server.execution.chain import ExecutorChain
 from rnnserve.server.execution.device import (
     DeviceLost,
     request_error,
@@ -131,112 +129,54 @@ class _CallResult:
     device_lost: BaseException | None = None
 
 
-class ForecastEngine:
+class ForecastEngine(ExecutorChain[ForecastJob]):
     """Owns all execution of one forecaster."""
 
     def __init__(self, model: object, name: str, executor: Executor, metrics: Metrics, *,
                  max_batch_size: int, max_active: int, max_steps_per_iteration: int,
                  batch_invariant: bool = True, threads: StepThreads | None = None,
                  on_device_lost: Callable[[BaseException], None] | None = None) -> None:
+        m = metrics
+        super().__init__(name, executor, max_active, "forecasts",
+                         m.rejected.labels(name, "forecasts"),
+                         m.queue_depth.labels(name, "forecast"))
         self.model = model  # rnnserve.models LoadedModel (forecast)
-        self.name = name
         self._module = model.module
         self._batch_invariant = batch_invariant
         self._device = torch.device(model.device)
-        self._executor = executor
         self._threads = threads or StepThreads()  # torch threads per step, by its size
         self.on_device_lost = on_device_lost  # set by the registry: the server's hook
-        self._lost = False
         self._max_batch = max_batch_size
-        self._max_active = max_active
         self._max_steps = max_steps_per_iteration
-        self._waiting: deque[ForecastJob] = deque()  # appended on the loop, taken on the executor
-        self._active = 0
         self._batch: DecodeBatch[_Row] | None = None  # touched on the executor only
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._scheduled = False
-        self._closed = False
-        m = metrics
-        self._m_queue = m.queue_depth.labels(name, "forecast")
         self._m_batch = m.batch_size.labels(name, "forecast")
         self._m_prefill = m.batch_size.labels(name, "forecast_prefill")
         self._m_active = m.active_forecasts.labels(name)
         self._m_predicted = m.forecast_points.labels(name, "predicted")
         self._m_ttfp = m.time_to_first_token.labels(name)
         self._m_cancelled = m.cancelled_generations.labels(name)
-        self._m_rejected = m.rejected.labels(name, "forecasts")
 
-    # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._closed = False
-
-    async def stop(self) -> None:
-        """Refuse new work and fail what is left (queued or still in the batch)."""
-        with self._lock:
-            self._closed = True
-        left: list[ForecastJob] = []
-        try:
-            left = await asyncio.get_running_loop().run_in_executor(self._executor, self._abandon)
-        except RuntimeError:  # the executor is already shut down
-            pass
-        while self._waiting:
-            left.append(self._waiting.popleft())
-        error = RnnserveError("the server is shutting down")
-        for job in left:
-            if not job.outbox.done:
-                job.outbox.fail(error)
-        self._active = 0
+    # --- lifecycle (ExecutorChain: start, stop) ------------------------------------------------
+    def _fail_left(self, job: ForecastJob, error: Exception) -> None:
+        if not job.outbox.done:
+            job.outbox.fail(error)
 
     def _abandon(self) -> list[ForecastJob]:
         batch, self._batch = self._batch, None
         return [row.job for row in batch.items] if batch is not None else []
 
-    @property
-    def pending(self) -> int:
-        """Forecasts not finished yet (the Runner protocol's drain count)."""
-        return self._active
-
     # --- admission -----------------------------------------------------------------------------
     def submit(self, job: ForecastJob) -> None:
         """Queue a job; RESOURCE_EXHAUSTED when the model already runs its maximum; UNAVAILABLE
         after the device was lost."""
-        if self._loop is None or self._closed:
-            raise RuntimeError("engine not started")
-        if self._lost:
-            raise RnnserveError(f"model {self.name!r}: the device failed; retry on another server")
-        if self._active >= self._max_active:
-            self._m_rejected.inc()
-            raise ResourceExhaustedError(
-                f"model {self.name!r} is running its maximum of {self._max_active} forecasts; "
-                "retry later"
-            )
-        self._active += 1
-        self._waiting.append(job)
-        self._m_queue.set(len(self._waiting))
-        with self._lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._executor.submit(self._drive)
+        self._enqueue(job)
 
     # --- the chain of executor calls -----------------------------------------------------------
-    def _drive(self) -> None:
-        result = self._iterate(self._max_steps)
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, result)  # type: ignore[union-attr]
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            self._closed = True
-        with self._lock:
-            if self._closed or (self._batch is None and not self._waiting):
-                self._scheduled = False
-                return
-        try:
-            self._executor.submit(self._drive)
-        except RuntimeError:
-            with self._lock:
-                self._scheduled = False
+    def _run_call(self) -> None:
+        self._post(self._deliver, self._iterate(self._max_steps))
+
+    def _has_work(self) -> bool:
+        return self._batch is not None or bool(self._waiting)
 
     def _deliver(self, result: _CallResult) -> None:
         """On the loop: hand each job its values, settle counts."""
