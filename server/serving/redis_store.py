@@ -229,7 +229,6 @@ class RedisSessionStore:
         self._renewer: asyncio.Task[None] | None = None
         self._up = True
         self._scripts: dict[str, Any] = {}
-        self._durations: dict[str, Any] = {}  # op -> its labelled histogram child
         self._idle: list[AbstractConnection] = []  # redis-py connections free for _eval
 
     def __len__(self) -> int:
@@ -384,10 +383,8 @@ class RedisSessionStore:
             self._set_up(False)
             raise SessionStoreUnavailableError(
                 f"redis at {self._where} is unreachable: {kind}") from None
-        duration = self._durations.get(op)
-        if duration is None:
-            duration = self._durations[op] = self._metrics.session_store_duration.labels(op)
-        duration.observe(time.perf_counter() - started)
+        self._metrics.child(self._metrics.session_store_duration, op).observe(
+            time.perf_counter() - started)
         if not self._up:
             logger.info("session store: redis at %s answers again", self._where)
         self._set_up(True)
