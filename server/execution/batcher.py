@@ -1,8 +1,14 @@
 """Dynamic batching for a classifier: texts from concurrent requests scored together.
 
-One asyncio queue, a future per text and one batching task: a batch closes when it holds
-``max_batch_size`` texts or its first text has waited ``max_wait``. Every text is padded to the
-model's fixed sequence length, so a score never depends on its batch mates.
+One asyncio queue, a future per text and one batching task. When the model is free, a batch
+closes as soon as it holds ``max_batch_size`` texts or its first (oldest) text has waited
+``max_wait`` since it arrived, so texts that queued while the previous batch ran go at once:
+under load the model never idles waiting for a batch to fill (dynamic batching with the delay
+counted from the first request's arrival, as Triton's ``max_queue_delay``). A batch-invariant
+model scores in fixed tiles of rows (:func:`~rnnserve.models.invariant.tile_rows`), and a
+partly filled tile costs a full one; so a batch of more than one tile is cut to whole tiles and
+the rest start the next batch, where later texts can fill their tile. Every text is padded to
+the model's fixed sequence length, so a score never depends on its batch mates.
 ``max_batch_size = 1`` scores one text at a time.
 
 A failed batch fails its texts only, by :mod:`rnnserve.server.execution.device`'s rules: out of
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from rnnserve.models.invariant import tile_rows
 from rnnserve.server.errors import ResourceExhaustedError, RnnserveError
 from rnnserve.server.execution.device import is_device_lost, is_out_of_memory, request_error
 from rnnserve.server.execution.threads import StepThreads
@@ -61,7 +68,9 @@ class ClassificationBatcher:
         self._max_batch = max_batch_size
         self._max_wait = max_wait_ms / 1000.0
         self._max_queued = max_queued
-        self._queue: list[tuple[list[int], asyncio.Future[Scored]]] = []
+        # (token ids, the text's future, its arrival on the loop's clock)
+        self._queue: list[tuple[list[int], asyncio.Future[Scored], float]] = []
+        self._tile = batch_tile(self._module, self._device)
         self._unanswered = 0  # texts submitted whose request has not returned yet
         self._wake: asyncio.Event | None = None  # set when a text arrives
         self._full: asyncio.Event | None = None  # set when max_batch_size texts wait
@@ -85,7 +94,7 @@ class ClassificationBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for _, future in self._queue:
+        for _, future, _ in self._queue:
             if not future.done():
                 future.set_exception(RnnserveError("the server is shutting down"))
         self._queue.clear()
@@ -104,7 +113,8 @@ class ClassificationBatcher:
             )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in rows]
-        self._queue.extend(zip(rows, futures, strict=True))
+        now = loop.time()
+        self._queue.extend((r, f, now) for r, f in zip(rows, futures, strict=True))
         self._m_queue.set(len(self._queue))
         self._wake.set()
         if len(self._queue) >= self._max_batch:
@@ -133,24 +143,21 @@ class ClassificationBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._wake is not None
+        assert self._wake is not None and self._full is not None
         while True:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             if len(self._queue) < self._max_batch and self._max_wait > 0:
-                # one wait per batch (not one wake-up per arriving text): until full or timed out
-                self._full.clear()  # type: ignore[union-attr]
-                try:
-                    await asyncio.wait_for(self._full.wait(), self._max_wait)  # type: ignore[union-attr]
-                except TimeoutError:
-                    pass
-            batch = [(r, f) for r, f in self._queue[: self._max_batch] if not f.done()]
-            del self._queue[: self._max_batch]
-            self._m_queue.set(len(self._queue))
-            if len(self._queue) < self._max_batch:
-                self._full.clear()  # type: ignore[union-attr]
+                left = self._queue[0][2] + self._max_wait - loop.time()
+                if left > 0:  # one wait per batch (not a wake-up per text): full or timed out
+                    self._full.clear()
+                    try:
+                        await asyncio.wait_for(self._full.wait(), left)
+                    except TimeoutError:
+                        pass
+            batch = self._take()
             if not batch:
                 continue
             self._m_batch.observe(len(batch))
@@ -167,6 +174,18 @@ class ClassificationBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _take(self) -> list[tuple[list[int], asyncio.Future[Scored]]]:
+        """Close the next batch: the oldest texts, whole tiles when more than one tile."""
+        take = min(len(self._queue), self._max_batch)
+        if take > self._tile:
+            take -= take % self._tile
+        batch = [(r, f) for r, f, _ in self._queue[:take] if not f.done()]
+        del self._queue[:take]
+        self._m_queue.set(len(self._queue))
+        if len(self._queue) < self._max_batch:
+            self._full.clear()  # type: ignore[union-attr]
+        return batch
 
     def _failed(self, exc: Exception, texts: int) -> Exception:
         """Log a failed batch; the error its texts get (a lost device also tells the server)."""
@@ -193,3 +212,9 @@ class ClassificationBatcher:
             probs_l = probs.float().cpu().tolist()
             weights = attention.float().cpu()
         return [Scored(p, weights, i) for i, p in enumerate(probs_l)]
+
+
+def batch_tile(module: object, device: torch.device) -> int:
+    """Rows a batch is best cut at for ``module``: its product tile when it scores
+    batch-invariant (a partly filled tile costs a whole one), else 1 (any size)."""
+    return tile_rows(device) if getattr(module, "batch_invariant", False) else 1

@@ -245,3 +245,37 @@ def test_classifier_scores_are_bit_identical_alone_and_in_any_batch():
             if i < len(alone):
                 assert torch.equal(probs[at], alone[i][0][0]), (size, at)
                 assert torch.equal(weights[at], alone[i][1][0])
+
+
+def eager_tiles(net: SentimentRNN, x: torch.Tensor, tile: int = 8) -> tuple[torch.Tensor, ...]:
+    """The tiles of ``score`` run eagerly, one ``_run`` call each (what the TorchScript call
+    replaces)."""
+    with torch.no_grad():
+        parts = [net._run(part, None) for part in pad_rows(x, tile).split(tile)]
+    rows = x.shape[0]
+    return torch.cat([p[0] for p in parts])[:rows, 0], torch.cat([p[2] for p in parts])[:rows]
+
+
+def test_the_scripted_tiles_are_the_eager_tiles_bit_for_bit():
+    net = chaotic_classifier()
+    texts = torch.randint(0, 50, (37, 40), generator=torch.Generator().manual_seed(8))
+    for rows in (1, 8, 9, 37):
+        probs, weights = net.score(texts[:rows])
+        want_probs, want_weights = eager_tiles(net, texts[:rows])
+        assert torch.equal(probs, want_probs) and torch.equal(weights, want_weights), rows
+    assert net.__dict__["_tiled_cache"]  # the TorchScript path ran (not the eager fallback)
+
+
+def test_the_scripted_tiles_follow_new_weights_and_devices():
+    net = chaotic_classifier()
+    texts = torch.randint(0, 50, (9, 40), generator=torch.Generator().manual_seed(9))
+    before = net.score(texts)[0]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["fc.bias"] += 3.0
+    net.load_state_dict(state)  # in place: the traced graph shares the parameters
+    after = net.score(texts)[0]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, eager_tiles(net, texts)[0])
+    net.to("cpu")  # a move or conversion drops the traced graphs (they hold the old tensors)
+    assert not net.__dict__.get("_tiled_cache")
+    assert torch.equal(net.score(texts)[0], after)
