@@ -14,27 +14,22 @@ alone and in any batch, at any position. The library kernels never mix rows with
 row count is what changes their blocking and rounding, and tiling pins it.
 
 The tiles of one ``score`` call run as one TorchScript call (:class:`TiledScore`: the tile's
-forward traced once per device and sequence length, the loop over tiles scripted), with the
-graph executor's optimisations off, so it runs exactly the eager operators and kernels, bit for
-bit. What that buys is the GIL: the TorchScript interpreter holds none while it runs, where the
-eager tile gives it back and takes it again at each of its ~15 operators. A server's event loop
-holds the GIL most of the time, and a thread waiting for it waits up to the switch interval
-(5 ms) each time: measured on a 2-core machine, a tile of 8 texts took 1.5 ms alone, 122-129 ms
-eager next to a busy Python thread and 8.3 ms as one TorchScript call. torch 2.13 marks
-TorchScript deprecated (its warning is silenced here; ``torch`` is pinned): should tracing ever
-fail, ``score`` logs it once and runs the same tiles eagerly, with the same bits. On CUDA the
-tiles run eagerly (the TorchScript path has not run on a GPU yet).
+forward traced once per device and sequence length, the loop over tiles scripted) on the CPU,
+through :mod:`rnnserve.models.scripted`: the same operators and bits as the eager tiles, without
+the GIL held while they run (a tile of 8 texts next to a busy event loop: 122-129 ms eager,
+8.3 ms as one call). If TorchScript cannot trace it, and on CUDA, the tiles run eagerly.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from . import scripted
 from .invariant import pad_rows, tile_rows
 
 logger = logging.getLogger(__name__)
@@ -159,14 +154,13 @@ class SentimentRNN(nn.Module):
                 probs = torch.cat([p[0] for p in parts])[:, 0]  # (R * tile,)
                 weights = torch.cat([p[2] for p in parts])  # (R * tile, S)
             else:
-                with torch.jit.optimized_execution(False):  # this thread's flag: eager's ops
-                    probs, weights = tiled(padded)
+                probs, weights = scripted.call(tiled, padded)
         finally:
             if was_training:
                 self.train()
         return probs[:rows], weights[:rows]
 
-    def _tiled(self, x: Tensor, tile: int) -> torch.jit.ScriptModule | None:
+    def _tiled(self, x: Tensor, tile: int) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
         """The scripted tile loop for ``x``'s device and sequence length (traced on first use);
         None when TorchScript cannot trace it (then ``score`` runs the tiles eagerly)."""
         if x.device.type != "cpu":  # not yet run on a GPU: CUDA keeps the eager tiles
@@ -174,29 +168,14 @@ class SentimentRNN(nn.Module):
         key = (x.device, x.shape[1], tile)
         cache: dict = self.__dict__.setdefault("_tiled_cache", {})  # not a submodule: no state
         if key not in cache:
-            cache[key] = _script_tiles(self, x.new_zeros((tile, x.shape[1])), tile)
+            cache[key] = scripted.trace(
+                _Tile(self), (x.new_zeros((tile, x.shape[1])),), "the classifier's tile",
+                script=lambda traced: scripted.script(TiledScore(traced, tile)))
         return cache[key]
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         self.__dict__.pop("_tiled_cache", None)  # .to() / .half() / ...: trace again
         return super()._apply(fn, recurse)
-
-
-def _script_tiles(net: SentimentRNN, example: Tensor, tile: int) -> torch.jit.ScriptModule | None:
-    try:
-        with warnings.catch_warnings():
-            # the LSTM's shape checks are constants for a fixed tile; TorchScript's deprecation
-            # notice is known (module docstring)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            with torch.no_grad(), torch.jit.optimized_execution(False):
-                traced = torch.jit.trace(_Tile(net), example, check_trace=False)
-            return torch.jit.script(TiledScore(traced, tile))
-    except Exception:  # noqa: BLE001 - any failure: the eager tiles give the same bits
-        logger.warning("could not trace the classifier's tile with TorchScript; scoring runs "
-                       "the tiles eagerly (same results, slower next to a busy event loop)",
-                       exc_info=True)
-        return None
 
 
 class _Tile(nn.Module):

@@ -206,7 +206,9 @@ class ServerSettings(BaseSettings):
         64, ge=1, description="Most texts scored in one classifier batch (1 = no batching)."
     )
     classify_max_wait_ms: float = Field(
-        2.0, ge=0, description="How long a classifier batch waits to fill up."
+        2.0, ge=0, description="How long a classifier batch may wait to fill up, counted from its "
+        "oldest text's arrival (ms); texts that queued while the model was busy go as soon as it "
+        "is free.",
     )
     max_queued_texts: int = Field(
         8192, ge=1, description="Texts waiting for the classifier; past it RESOURCE_EXHAUSTED."

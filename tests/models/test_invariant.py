@@ -279,3 +279,38 @@ def test_the_scripted_tiles_follow_new_weights_and_devices():
     net.to("cpu")  # a move or conversion drops the traced graphs (they hold the old tensors)
     assert not net.__dict__.get("_tiled_cache")
     assert torch.equal(net.score(texts)[0], after)
+
+
+@pytest.mark.parametrize(("cell", "layers"), DEEP)
+def test_the_scripted_steps_are_the_eager_steps_bit_for_bit(cell, layers):
+    """The decode step and the prefill's steps run as one TorchScript call per row count on
+    the CPU (models/scripted.py); they are the eager kernels, to the bit."""
+    net = chaotic_lm(cell, layers)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        recurrence = net.invariant_recurrence()
+        for rows in (1, 3, 8, 13):
+            tokens = torch.randint(0, VOCAB, (rows,), generator=gen)
+            state = tuple(torch.randn(t.shape, generator=gen) for t in net.zero_state(rows))
+            logits, new = net.step(tokens, state)
+            want_logits, want = recurrence._decode(tokens, state)
+            assert torch.equal(logits, want_logits), rows
+            assert all(torch.equal(a, b) for a, b in zip(new, want, strict=True)), rows
+            top, new = recurrence.step(tokens, state)
+            want_top, want = recurrence._step(tokens, state)
+            assert torch.equal(top, want_top), rows
+            assert all(torch.equal(a, b) for a, b in zip(new, want, strict=True)), rows
+    traced = recurrence._traced
+    assert traced[("decode", 13)] is not None and traced[("step", 13)] is not None
+
+
+def test_a_step_that_cannot_be_traced_runs_eagerly(caplog):
+    from rnnserve.models import scripted
+
+    def fails(tokens: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no tracing here\nsecond line")
+
+    with caplog.at_level("WARNING", logger="rnnserve.models.scripted"):
+        assert scripted.trace(fails, (torch.zeros(2),), "a test function") is None
+    assert "could not trace a test function with TorchScript (RuntimeError: no tracing here)" \
+        in caplog.text
