@@ -69,7 +69,7 @@ async def measure(settings: dict, counts: list[int], prefixes: list[str]) -> dic
             await _open_sessions(server.generator, n - len(server.sessions), prefixes)
             gc.collect()
             rss = rss_bytes()
-            state = server.sessions.state_bytes
+            state = server.sessions.memory.state_bytes  # the memory store (the default)
             growth = rss - base
             out["points"].append({
                 "sessions": len(server.sessions), "rss_bytes": rss, "rss_growth_bytes": growth,
