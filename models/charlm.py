@@ -156,16 +156,15 @@ class RNNModel(nn.Module):
         """The batch-invariant kernels on this module's current parameters (cached; rebuilt
         when the parameters move or are overwritten, e.g. by ``load_state_dict``)."""
         flat = self.rnn._flat_weights
-        head = (self.linear.weight, self.linear.bias)
         # an inference tensor (a module built under torch.inference_mode) has no version
         # counter and cannot be changed in place outside that mode: its address is the key
         key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype)
-                    for t in (*flat, *head) if t is not None)
+                    for t in flat)
         cached = self._recurrence
         if cached is None or cached[0] != key:
             layers = [Layer(*flat[4 * i : 4 * i + 4]) for i in range(self.rnn.num_layers)]
             cached = self._recurrence = (key, InvariantRecurrence(
-                self.cell, layers, getattr(self.rnn, "nonlinearity", "tanh"), head=head))
+                self.cell, layers, getattr(self.rnn, "nonlinearity", "tanh")))
         return cached[1]
 
     def _logits(self, h: Tensor, tile: int) -> Tensor:
@@ -219,7 +218,9 @@ class RNNModel(nn.Module):
         """
         self._check_servable()
         if self.batch_invariant:
-            return self.invariant_recurrence().decode(tokens, state)
+            recurrence = self.invariant_recurrence()
+            top, new_state = recurrence.step(tokens, state)
+            return self._logits(top, recurrence.tile), new_state
         rnn = self.rnn
         flat = rnn._flat_weights  # [w_ih, w_hh, b_ih, b_hh] per layer, as nn.RNNBase.forward uses
         x = self._one_hot(tokens)  # (B, V)

@@ -34,14 +34,11 @@ rnn/gru and ``(h, c)`` for lstm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
-
-from . import scripted
+from torch import Tensor
 
 State = tuple[Tensor, ...]
 
@@ -110,17 +107,11 @@ class InvariantRecurrence:
     """
 
     def __init__(self, cell: str, layers: Sequence[Layer], nonlinearity: str = "tanh",
-                 tile: int | None = None, head: tuple[Tensor, Tensor | None] | None = None
-                 ) -> None:
-        """``head``: the output layer's ``(weight (V, H), bias (V,) or None)`` for
-        :meth:`decode`."""
+                 tile: int | None = None) -> None:
         if cell not in ("rnn", "gru", "lstm"):
             raise ValueError(f"unknown cell {cell!r}")
         self.cell = cell
-        # detached views of the parameters (same storage: an in-place update is seen), so they
-        # can be constants of a traced graph
-        self.layers = [Layer(la.w_ih.detach(), la.w_hh.detach(), la.b_ih.detach(),
-                             la.b_hh.detach()) for la in layers]
+        self.layers = list(layers)
         self.relu = cell == "rnn" and nonlinearity == "relu"
         first = self.layers[0]
         self.tile = tile if tile is not None else tile_rows(first.w_hh.device)
@@ -130,11 +121,6 @@ class InvariantRecurrence:
         self.bias = [la.b_ih if gru else la.b_ih + la.b_hh for la in self.layers]
         # (V, G*H): row t = onehot(t) @ W_ih^T + bias, exactly (one non-zero term per sum)
         self.embed = first.w_ih.t() + self.bias[0]
-        self.head = None if head is None else (
-            head[0].detach(), None if head[1] is None else head[1].detach())
-        # traced graphs per (what, padded rows): on the CPU, steps run as one TorchScript call
-        self._traced: dict[tuple[str, int], Callable[..., Any] | None] = {}
-        self.script_steps = first.w_hh.device.type == "cpu"
 
     def _cell(self, index: int, gi: Tensor, h: Tensor, c: Tensor | None
               ) -> tuple[Tensor, Tensor | None]:
@@ -157,36 +143,6 @@ class InvariantRecurrence:
 
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         """One step for every row: ``tokens (B,)`` int64 -> (top ``h (B, H)``, new state)."""
-        return self._scripted("step", self._step, tokens, state)
-
-    def decode(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        """:meth:`step` and the head: ``tokens (B,)`` -> (logits ``(B, V)``, new state)."""
-        return self._scripted("decode", self._decode, tokens, state)
-
-    def _decode(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        if self.head is None:
-            raise ValueError("this recurrence has no head: decode needs one")
-        top, new = self._step(tokens, state)
-        return linear_rows(top, self.head[0], self.head[1], self.tile), new
-
-    def _scripted(self, what: str, eager: Callable[[Tensor, State], tuple[Tensor, State]],
-                  tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        """``eager(tokens, state)`` as one TorchScript call (:mod:`rnnserve.models.scripted`),
-        one traced graph per row count (traced on first use, ~30 ms); eager when not on the
-        CPU or when tracing failed."""
-        if not self.script_steps:
-            return eager(tokens, state)
-        key = (what, tokens.shape[0])
-        if key not in self._traced:
-            self._traced[key] = scripted.trace(
-                _Traceable(eager), (tokens, state), f"the {self.cell} {what} of {key[1]} rows")
-        traced = self._traced[key]
-        if traced is None:
-            return eager(tokens, state)
-        out, new = scripted.call(traced, tokens, state)
-        return out, tuple(new)
-
-    def _step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         lstm = self.cell == "lstm"
         hs: list[Tensor] = []
         cs: list[Tensor] = []
@@ -235,14 +191,3 @@ class InvariantRecurrence:
         new_state = tuple(w.index_select(1, inverse) for w in work)
         return new_state[0][-1], new_state
 
-
-class _Traceable(nn.Module):
-    """A recurrence method as a module for ``torch.jit.trace`` (which takes functions or
-    modules; a bound method of a plain object is neither)."""
-
-    def __init__(self, fn: Callable[[Tensor, State], tuple[Tensor, State]]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.fn(tokens, state)

@@ -1,13 +1,12 @@
 """One TorchScript call for a fixed-shape piece of serving math: the GIL is not held while it runs.
 
 Why: an eager torch operator gives the GIL back while its kernel runs and takes it again after,
-so serving math of many small operators (a batch-invariant decode step is ~50 of them, a
-classifier tile ~15) takes the GIL dozens of times. In a server the event loop holds the GIL
+so serving math of many small operators (a classifier tile is ~15 of them) takes the GIL
+again and again. In a server the event loop holds the GIL
 most of the time, and a thread that wants it back waits until the holder drops it, at the
 latest after the switch interval (5 ms). Measured on this project's 2-core machine next to a
-busy Python thread: a ``timemachine`` decode step at batch 16 took 1.2 ms alone and 607 ms
-eager, 8.9 ms as one TorchScript call; a classifier tile of 8 texts 1.5 ms alone, 122-129 ms
-eager, 8.3 ms as one call. The TorchScript interpreter runs the whole graph without the GIL.
+busy Python thread: a classifier tile of 8 texts took 1.5 ms alone, 122-129 ms eager, 8.3 ms
+as one TorchScript call. The TorchScript interpreter runs the whole graph without the GIL.
 
 How: :func:`trace` records the eager code on example inputs of the exact shapes it will be
 called with (``torch.jit.trace``; tensors it reads that are not inputs, such as weights, are
@@ -17,6 +16,10 @@ the calling thread), so the graph is exactly the eager operators and kernels: th
 pinned by tests/models/test_invariant.py. A traced graph is specialised to its shapes, so
 callers keep one per shape. Used on the CPU only so far (it has not run on a GPU).
 
+Memory: every trace registers a class type in TorchScript's global compilation unit, which is
+never freed (~1-2.5 MiB each, measured). Trace per loaded model and shape, never per batch size;
+keep the graphs with the model (see ``SentimentRNN``), so its weights go when it does.
+
 torch 2.13 marks TorchScript deprecated (``torch`` is pinned; the notice is silenced here). If
 tracing fails, :func:`trace` logs a warning and returns None, and callers run the eager code,
 which gives the same results.
@@ -25,6 +28,7 @@ which gives the same results.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +36,7 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
+_TRACING = threading.Lock()  # warnings.catch_warnings changes process state: one trace at a time
 
 
 def trace(fn: Callable[..., Any], example: tuple[Any, ...], what: str,
@@ -39,7 +44,7 @@ def trace(fn: Callable[..., Any], example: tuple[Any, ...], what: str,
     """``fn`` (a function or ``nn.Module``) traced on ``example``, then passed through
     ``script`` (e.g. to wrap it in a scripted loop) if given; None if TorchScript cannot."""
     try:
-        with warnings.catch_warnings():
+        with _TRACING, warnings.catch_warnings():
             # shape checks inside the eager code are constants for fixed shapes; the
             # deprecation notice is known (module docstring)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

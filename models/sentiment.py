@@ -23,6 +23,7 @@ the GIL held while they run (a tile of 8 texts next to a busy event loop: 122-12
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -161,21 +162,29 @@ class SentimentRNN(nn.Module):
         return probs[:rows], weights[:rows]
 
     def _tiled(self, x: Tensor, tile: int) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
-        """The scripted tile loop for ``x``'s device and sequence length (traced on first use);
-        None when TorchScript cannot trace it (then ``score`` runs the tiles eagerly)."""
+        """The scripted tile loop for ``x``'s device and sequence length on the current
+        parameters (traced on first use); None when TorchScript cannot trace it (then ``score``
+        runs the tiles eagerly)."""
         if x.device.type != "cpu":  # not yet run on a GPU: CUDA keeps the eager tiles
             return None
-        key = (x.device, x.shape[1], tile)
-        cache: dict = self.__dict__.setdefault("_tiled_cache", {})  # not a submodule: no state
+        # the traced graph holds these parameter tensors: a parameter replaced (assign=True,
+        # a new nn.Parameter, .to(), .half(), a deep copy's own) traces again
+        params = tuple((p.data_ptr(), p.dtype) for p in self.parameters())
+        held = _TRACED.get(self)
+        if held is None or held[0] != params:
+            held = _TRACED[self] = (params, {})
+        cache = held[1]
+        key = (x.shape[1], tile)
         if key not in cache:
             cache[key] = scripted.trace(
                 _Tile(self), (x.new_zeros((tile, x.shape[1])),), "the classifier's tile",
                 script=lambda traced: scripted.script(TiledScore(traced, tile)))
         return cache[key]
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
-        self.__dict__.pop("_tiled_cache", None)  # .to() / .half() / ...: trace again
-        return super()._apply(fn, recurse)
+
+_TRACED: weakref.WeakKeyDictionary[SentimentRNN, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+"""Each classifier's traced tile loops, outside the module (a module stays picklable and
+copyable, and its graphs go with it), with the parameters they were traced on."""
 
 
 class _Tile(nn.Module):

@@ -165,6 +165,11 @@ class ClassificationBatcher:
                 scored = await loop.run_in_executor(
                     self._executor, self._score, [rows for rows, _ in batch]
                 )
+            except asyncio.CancelledError:  # stop() while this batch runs: its texts fail too
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(RnnserveError("the server is shutting down"))
+                raise
             except Exception as exc:  # noqa: BLE001 - this batch's texts fail, nothing else
                 scored = [self._failed(exc, len(batch))] * len(batch)
             for (_, future), result in zip(batch, scored, strict=True):
@@ -177,6 +182,8 @@ class ClassificationBatcher:
 
     def _take(self) -> list[tuple[list[int], asyncio.Future[Scored]]]:
         """Close the next batch: the oldest texts, whole tiles when more than one tile."""
+        if any(f.done() for _, f, _ in self._queue[: self._max_batch]):  # cancelled meanwhile
+            self._queue = [entry for entry in self._queue if not entry[1].done()]
         take = min(len(self._queue), self._max_batch)
         if take > self._tile:
             take -= take % self._tile

@@ -95,3 +95,24 @@ async def test_texts_that_waited_while_a_batch_ran_go_at_once(make_batcher, sent
     assert len(results) == 3
     assert batches(metrics) == (2, 3)  # [2 texts] at once (full), then [1] when the model frees
     assert elapsed < wait_s + 0.6 * wait_s, elapsed
+
+
+async def test_cancelled_texts_do_not_take_a_place_in_the_batch(make_batcher, sentiment):
+    batcher, metrics = await make_batcher(max_wait_ms=300.0)
+    waiting = [asyncio.ensure_future(batcher.score(ids(sentiment, 1))) for _ in range(11)]
+    await asyncio.sleep(0.05)  # all queued, the batch not yet closed
+    for task in waiting[:3]:
+        task.cancel()
+    await asyncio.gather(*waiting[3:])
+    assert batches(metrics) == (1, 8)  # the 8 left are one whole tile, not 8 + 3 cancelled
+
+
+async def test_stop_fails_the_texts_of_the_running_batch(make_batcher, sentiment):
+    batcher, _ = await make_batcher(max_wait_ms=0.0)
+    blocker = asyncio.get_running_loop().run_in_executor(batcher._executor, time.sleep, 0.5)
+    pending = asyncio.ensure_future(batcher.score(ids(sentiment, 4)))
+    await asyncio.sleep(0.1)  # the batch is handed to the (busy) executor
+    await batcher.stop()
+    with pytest.raises(Exception, match="shutting down"):
+        await asyncio.wait_for(pending, 5)
+    await blocker
