@@ -42,7 +42,8 @@ _TRACING = threading.Lock()  # warnings.catch_warnings changes process state: on
 def trace(fn: Callable[..., Any], example: tuple[Any, ...], what: str,
           script: Callable[[Any], Any] | None = None) -> Callable[..., Any] | None:
     """``fn`` (a function or ``nn.Module``) traced on ``example``, then passed through
-    ``script`` (e.g. to wrap it in a scripted loop) if given; None if TorchScript cannot."""
+    ``script`` (e.g. ``torch.jit.script`` of a loop around it) if given, under the same
+    warning filters; None if TorchScript cannot."""
     try:
         with _TRACING, warnings.catch_warnings():
             # shape checks inside the eager code are constants for fixed shapes; the
@@ -58,13 +59,6 @@ def trace(fn: Callable[..., Any], example: tuple[Any, ...], what: str,
                        "results, slower next to a busy event loop)", what, type(exc).__name__,
                        first)
         return None
-
-
-def script(module: torch.nn.Module) -> Callable[..., Any]:
-    """``torch.jit.script`` with TorchScript's deprecation notice silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(module)
 
 
 def call(traced: Callable[..., Any], *args: Any) -> Any:

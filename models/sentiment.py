@@ -178,7 +178,7 @@ class SentimentRNN(nn.Module):
         if key not in cache:
             cache[key] = scripted.trace(
                 _Tile(self), (x.new_zeros((tile, x.shape[1])),), "the classifier's tile",
-                script=lambda traced: scripted.script(TiledScore(traced, tile)))
+                script=lambda traced: torch.jit.script(TiledScore(traced, tile)))
         return cache[key]
 
 

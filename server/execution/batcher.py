@@ -96,7 +96,7 @@ class ClassificationBatcher:
             self._task = None
         for _, future, _ in self._queue:
             if not future.done():
-                future.set_exception(RnnserveError("the server is shutting down"))
+                future.set_exception(_shutting_down())
         self._queue.clear()
 
     async def score(self, rows: list[list[int]]) -> list[Scored]:
@@ -168,7 +168,7 @@ class ClassificationBatcher:
             except asyncio.CancelledError:  # stop() while this batch runs: its texts fail too
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(RnnserveError("the server is shutting down"))
+                        future.set_exception(_shutting_down())
                 raise
             except Exception as exc:  # noqa: BLE001 - this batch's texts fail, nothing else
                 scored = [self._failed(exc, len(batch))] * len(batch)
@@ -187,7 +187,7 @@ class ClassificationBatcher:
         take = min(len(self._queue), self._max_batch)
         if take > self._tile:
             take -= take % self._tile
-        batch = [(r, f) for r, f, _ in self._queue[:take] if not f.done()]
+        batch = [(r, f) for r, f, _ in self._queue[:take]]
         del self._queue[:take]
         self._m_queue.set(len(self._queue))
         if len(self._queue) < self._max_batch:
@@ -225,3 +225,8 @@ def batch_tile(module: object, device: torch.device) -> int:
     """Rows a batch is best cut at for ``module``: its product tile when it scores
     batch-invariant (a partly filled tile costs a whole one), else 1 (any size)."""
     return tile_rows(device) if getattr(module, "batch_invariant", False) else 1
+
+
+def _shutting_down() -> RnnserveError:
+    """What a text still waiting when the batcher stops gets (UNAVAILABLE)."""
+    return RnnserveError("the server is shutting down")
