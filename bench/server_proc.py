@@ -143,10 +143,12 @@ class ServeCommand:
 
 async def _serve(settings: dict[str, Any]) -> None:
     from rnnserve.server.app import build_server
+    from rnnserve.server.main import freeze_startup_objects
     from rnnserve.server.settings import ServerSettings
 
     server = build_server(ServerSettings(**settings))
     await server.start()
+    freeze_startup_objects()  # as `rnnserve serve` does once started
     print(f"READY {server.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -68,6 +69,20 @@ def parse_settings(argv: list[str] | None) -> ServerSettings:
     return load_settings(args, config)
 
 
+def freeze_startup_objects() -> int:
+    """Move every object alive now out of the cyclic garbage collector's reach; returns how many.
+
+    Called once the models are loaded: what exists then (imports, models, the gRPC server)
+    lives as long as the process, yet every full collection walked it all, pausing the event
+    loop for 100-200 ms every few seconds under load (measured, Classify at 64 concurrent
+    callers). Objects made later are collected as before, and refcounting frees frozen ones
+    too (a model unloaded later has no reference cycles). Python's ``gc.freeze``.
+    """
+    gc.collect()  # garbage of the start-up is not kept
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then drain within the grace period; returns the exit code.
 
@@ -98,6 +113,7 @@ async def serve(settings: ServerSettings) -> int:
             stopping.cancel()
             await server.stop(grace=0)
             return 2
+        freeze_startup_objects()
         if is_worker():
             logger.info("worker ready: gRPC %s:%d", settings.host, server.port)
             mark_ready()
