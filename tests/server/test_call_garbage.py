@@ -28,7 +28,7 @@ CALLS = 20
 
 def _done_tasks() -> int:
     gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Task) and o.done())
+    return sum(1 for o in gc.get_objects() if type(o) is asyncio.Task and o.done())
 
 
 async def _classify(server, calls: int, timeout: float | None = None) -> None:
