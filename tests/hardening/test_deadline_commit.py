@@ -9,16 +9,18 @@ but not one byte of response data.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 from rnnserve.client import AsyncClient
 from rnnserve.server.calls import call_bound
 from rnnserve.server.errors import DeadlineExceededError
 from rnnserve.server.serving.requests import ForecastParams, GenerateParams
-from rnnserve.v1 import generation_pb2
+from rnnserve.v1 import classification_pb2, generation_pb2
 
 _SINE = Path(__file__).resolve().parents[2] / "model_repository" / "sine" / "1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -45,14 +47,16 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, byte
     return head[3], head[4], stream, await reader.readexactly(length)
 
 
-async def _zero_window_stream(port: int, request: generation_pb2.GenerateRequest,
-                              wait_s: float) -> list[tuple[int, int]]:
-    """Open a GenerateStream that can never receive data; the (frame type, stream) seen."""
+async def _zero_window_stream(port: int, request: Message, wait_s: float,
+                              path: str = "/rnnserve.v1.GenerationService/GenerateStream"
+                              ) -> list[tuple[int, int]]:
+    """Open a call to ``path`` (default GenerateStream) that can never receive data; the
+    (frame type, stream) seen."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     settings = struct.pack(">HI", 0x4, 0)  # SETTINGS_INITIAL_WINDOW_SIZE = 0
     headers = b"".join(_literal(k, v) for k, v in (
         (":method", "POST"), (":scheme", "http"),
-        (":path", "/rnnserve.v1.GenerationService/GenerateStream"),
+        (":path", path),
         (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
         ("te", "trailers")))
     body = request.SerializeToString()
@@ -99,6 +103,20 @@ async def test_the_server_deadline_ends_a_call_the_client_never_reads(make_serve
         again = await client.generate(" machine", max_tokens=5, session_id=opened.session_id)
         whole = await client.generate("the time" + opened.text + " machine", max_tokens=5)
         assert again.text == whole.text
+
+
+async def test_the_watchdog_drops_a_unary_call_stuck_in_its_write(make_server, repo, caplog):
+    """A unary call whose answer cannot be written (a zero-window client) is dropped by the
+    deadline watchdog, which holds the calls it watches weakly: a stuck call is still found."""
+    server = await make_server(model_repository=repo, default_deadline_s=0.3)
+    request = classification_pb2.ClassifyRequest(texts=["a fine film"])
+    with caplog.at_level(logging.WARNING, logger="rnnserve.server.rpc.deadline"):
+        seen = await _zero_window_stream(server.port, request, wait_s=3.0,
+                                         path="/rnnserve.v1.ClassificationService/Classify")
+    assert (HEADERS, 1) in seen  # the call was answered: headers, no data could follow
+    assert any("still writing" in r.getMessage() and "dropping the call" in r.getMessage()
+               for r in caplog.records)
+    assert _in_flight(server) == 0
 
 
 def _count(server, method: str, code: str) -> float:
