@@ -81,16 +81,18 @@ class ClassificationBatcher:
         self._m_batch = metrics.batch_size.labels(name, "classification")
         self._m_rejected = metrics.rejected.labels(name, "queued_texts")
 
-    async def start(self) -> None:
-        """Score one empty text (all padding) on the device thread, then start batching.
+    def warm_up(self) -> None:
+        """Score one empty text (all padding), blocking; the registry runs it on its loading
+        thread before the version serves, so a SIGTERM never waits for it.
 
-        The warm-up traces the model's scripted tiles before the model serves, so the first
-        request does not pay for it (60-200 ms measured on the shipped ``sentiment``); a model
-        that cannot score fails its load here, with the model's own error.
+        It traces the model's scripted tiles before the model serves, so the first request
+        does not pay for it (60-200 ms measured on the shipped ``sentiment``); a model that
+        cannot score fails its load here, with the model's own error.
         """
         tokenizer = self.model.tokenizer.config
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._score, [[tokenizer.pad_index] * tokenizer.seq_length])
+        self._score([[tokenizer.pad_index] * tokenizer.seq_length])
+
+    async def start(self) -> None:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")

@@ -303,6 +303,9 @@ class ModelRegistry:
         runner = serving.make_runner(loaded, name, executor, self._metrics, self._settings)
         if hasattr(runner, "on_device_lost"):  # a runner that can tell a lost device
             runner.on_device_lost = self._on_device_lost
+        warm_up = getattr(runner, "warm_up", None)
+        if warm_up is not None:  # on the loading thread, as the load: SIGTERM never waits for it
+            await self._loader.run(warm_up)
         await runner.start()
         return runner
 

@@ -36,6 +36,9 @@ class Runner(Protocol):
     def pending(self) -> int:
         """Requests still using the runner (a version swap drains these before ``stop``)."""
 
+    # optional: ``warm_up(self) -> None``, blocking, run once on the registry's loading thread
+    # before ``start`` (a first call that prepares the model, e.g. traces it)
+
 
 R = TypeVar("R", bound=Runner)
 

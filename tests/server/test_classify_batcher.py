@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from rnnserve.models import load_model
 from rnnserve.models.invariant import CPU_TILE_ROWS
-from rnnserve.models.sentiment import _TRACED
+from rnnserve.models.sentiment import _TRACED, SentimentRNN
 from rnnserve.server.execution.batcher import ClassificationBatcher
 from rnnserve.server.metrics import Metrics
+from rnnserve.server.serving.registry import ModelState
 
 SENTIMENT = Path(__file__).resolve().parents[2] / "model_repository" / "sentiment" / "1"
 TEXTS = ["a fine film", "dull and long", "the best of the year", "i hated every minute"]
@@ -119,34 +120,20 @@ async def test_stop_fails_the_texts_of_the_running_batch(make_batcher, sentiment
     await blocker
 
 
-async def test_start_traces_the_model_before_it_serves():
-    """The first request does not pay for tracing the scripted tiles (60-200 ms)."""
-    fresh = load_model(SENTIMENT, "cpu")
-    assert fresh.module not in _TRACED
-    executor = ThreadPoolExecutor(1)
-    batcher = ClassificationBatcher(fresh, "sentiment", executor, Metrics(), max_batch_size=64,
-                                    max_wait_ms=1.0, max_queued=64)
-    try:
-        await batcher.start()
-        seq_length = fresh.tokenizer.config.seq_length
-        assert (seq_length, CPU_TILE_ROWS) in _TRACED[fresh.module][1]
-    finally:
-        await batcher.stop()
-        executor.shutdown()
+async def test_the_server_traces_a_classifier_before_it_serves(server):
+    """The registry warms each classifier up as it loads: the first request does not pay for
+    tracing the scripted tiles (60-200 ms)."""
+    loaded = server.registry.entry("sentiment").loaded
+    seq_length = loaded.tokenizer.config.seq_length
+    assert (seq_length, CPU_TILE_ROWS) in _TRACED[loaded.module][1]
 
 
-async def test_a_model_that_cannot_score_fails_at_start():
-    broken = load_model(SENTIMENT, "cpu")
-
-    def score(x):
+async def test_a_classifier_that_cannot_score_fails_its_load(make_server, monkeypatch):
+    def score(self, x):
         raise RuntimeError("the checkpoint's embedding is too small")
 
-    broken.module.score = score
-    executor = ThreadPoolExecutor(1)
-    batcher = ClassificationBatcher(broken, "sentiment", executor, Metrics(), max_batch_size=64,
-                                    max_wait_ms=1.0, max_queued=64)
-    try:
-        with pytest.raises(RuntimeError, match="embedding is too small"):
-            await batcher.start()
-    finally:
-        executor.shutdown()
+    monkeypatch.setattr(SentimentRNN, "score", score)
+    server = await make_server()  # the shipped models: the others load and serve
+    entry = server.registry.entry("sentiment")
+    assert entry.state is ModelState.FAILED
+    assert "embedding is too small" in entry.error
