@@ -69,8 +69,8 @@ def parse_settings(argv: list[str] | None) -> ServerSettings:
     return load_settings(args, config)
 
 
-def freeze_startup_objects() -> int:
-    """Move every object alive now out of the cyclic garbage collector's reach; returns how many.
+def freeze_startup_objects() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach.
 
     Called once the models are loaded: what exists then (imports, models, the gRPC server)
     lives as long as the process, yet every full collection walked it all, pausing the event
@@ -80,7 +80,6 @@ def freeze_startup_objects() -> int:
     """
     gc.collect()  # garbage of the start-up is not kept
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 async def serve(settings: ServerSettings) -> int:

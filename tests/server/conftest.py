@@ -12,6 +12,7 @@ import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,26 @@ def connect() -> Callable[..., AsyncClient]:
         return AsyncClient(server.target, **kwargs)
 
     return make
+
+
+@pytest.fixture
+async def start_runner() -> AsyncIterator[Callable[[Callable[[Executor], Any]], Awaitable[Any]]]:
+    """``await start_runner(lambda executor: Runner(..., executor, ...))``: a started runner
+    (engine or batcher) on the test's one device thread; all are stopped, and the thread shut
+    down, when the test ends."""
+    executor = ThreadPoolExecutor(1)
+    started: list[Any] = []
+
+    async def start(make: Callable[[Executor], Any]) -> Any:
+        runner = make(executor)
+        await runner.start()
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        await runner.stop()
+    executor.shutdown()
 
 
 @pytest.fixture

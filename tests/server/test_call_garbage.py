@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 
 import grpc
 import pytest
-from rnnserve.server.main import freeze_startup_objects
+from conftest import test_settings as server_settings
+from rnnserve.server import main
 from rnnserve.server.rpc.deadline import SWEEP_S
 from rnnserve.v1 import (
     classification_pb2,
@@ -72,9 +75,19 @@ async def test_calls_leave_no_reference_cycles_of_their_own(server, timeout):
     assert ours == []
 
 
-def test_the_objects_alive_at_start_are_frozen_out_of_the_collector():
+async def test_rnnserve_serve_freezes_what_is_alive_once_the_models_are_loaded():
+    gc.unfreeze()
+    serving = asyncio.create_task(main.serve(server_settings()))
     try:
-        assert freeze_startup_objects() > 0
-        assert gc.get_freeze_count() > 0
+        for _ in range(600):  # bounded: 60 s at most
+            if gc.get_freeze_count() > 0 or serving.done():
+                break
+            await asyncio.sleep(0.1)
+        assert gc.get_freeze_count() > 100_000  # the imports, the models, the server
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(serving, timeout=30) == 0
     finally:
+        if not serving.done():  # the test failed before the server was told to stop
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(serving, timeout=30)
         gc.unfreeze()

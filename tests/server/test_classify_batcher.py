@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+from conftest import MODEL_REPOSITORY
 from rnnserve.models import load_model
 from rnnserve.models.invariant import CPU_TILE_ROWS
 from rnnserve.models.sentiment import _TRACED, SentimentRNN
@@ -19,7 +18,7 @@ from rnnserve.server.execution.batcher import ClassificationBatcher
 from rnnserve.server.metrics import Metrics
 from rnnserve.server.serving.registry import ModelState
 
-SENTIMENT = Path(__file__).resolve().parents[2] / "model_repository" / "sentiment" / "1"
+SENTIMENT = MODEL_REPOSITORY / "sentiment" / "1"
 TEXTS = ["a fine film", "dull and long", "the best of the year", "i hated every minute"]
 
 
@@ -29,23 +28,16 @@ def sentiment():
 
 
 @pytest.fixture
-async def make_batcher(sentiment):
-    made: list[ClassificationBatcher] = []
-    executor = ThreadPoolExecutor(1)
-
+def make_batcher(sentiment, start_runner):
     async def make(invariant: bool = True, **options) -> tuple[ClassificationBatcher, Metrics]:
         sentiment.module.batch_invariant = invariant
         metrics = Metrics()
         settings = {"max_batch_size": 64, "max_wait_ms": 50.0, "max_queued": 1024, **options}
-        batcher = ClassificationBatcher(sentiment, "sentiment", executor, metrics, **settings)
-        await batcher.start()
-        made.append(batcher)
+        batcher = await start_runner(lambda executor: ClassificationBatcher(
+            sentiment, "sentiment", executor, metrics, **settings))
         return batcher, metrics
 
     yield make
-    for batcher in made:
-        await batcher.stop()
-    executor.shutdown()
     sentiment.module.batch_invariant = True
 
 
@@ -122,7 +114,7 @@ async def test_stop_fails_the_texts_of_the_running_batch(make_batcher, sentiment
 
 async def test_the_server_traces_a_classifier_before_it_serves(server):
     """The registry warms each classifier up as it loads: the first request does not pay for
-    tracing the scripted tiles (60-200 ms)."""
+    tracing the scripted tiles (30-80 ms)."""
     loaded = server.registry.entry("sentiment").loaded
     seq_length = loaded.tokenizer.config.seq_length
     assert (seq_length, CPU_TILE_ROWS) in _TRACED[loaded.module][1]

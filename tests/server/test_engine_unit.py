@@ -24,22 +24,16 @@ from rnnserve.server.metrics import Metrics
 
 
 @pytest.fixture
-async def engine_factory():
-    executor = ThreadPoolExecutor(1)
-    engines: list[GenerationEngine] = []
-
+def engine_factory(start_runner):
     async def make(model: object | None = None, **kw) -> tuple[GenerationEngine, CountingModel]:
         fake = model or CountingModel()
         options = {"max_batch_size": 64, "max_active": 64, "max_steps_per_iteration": 4} | kw
-        engine = GenerationEngine(loaded_model(fake), "fake", executor, Metrics(), **options)
-        await engine.start()
-        engines.append(engine)
+        engine = await start_runner(
+            lambda executor: GenerationEngine(loaded_model(fake), "fake", executor, Metrics(),
+                                              **options))
         return engine, fake
 
-    yield make
-    for engine in engines:
-        await engine.stop()
-    executor.shutdown()
+    return make
 
 
 async def test_concurrent_requests_share_steps_and_keep_their_answers(engine_factory):
